@@ -1,0 +1,561 @@
+"""Typed, nested experiment config: defaults, overrides, validation, save and load.
+
+Sections are dataclasses. A *component* section (one that names a registered component:
+`task.model`, `task.train_data`, `task.eval_data`, `task.loss`, `optimizer`,
+`optimizer.schedule`, each hook) keeps the keys the framework does not own in `kwargs`; they
+are passed to the factory and checked against its signature when it is built.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import types
+import typing
+from typing import Any, Mapping, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key is unknown or a value has the wrong type or range."""
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+@dataclasses.dataclass
+class Component:
+    """Base of sections that name a registered component; unknown keys go to `kwargs`."""
+
+    name: str = ""
+    kwargs: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class ModelConfig(Component):
+    """`task.model`: the registered model factory and its keyword arguments."""
+
+
+@dataclasses.dataclass
+class DataConfig(Component):
+    """`task.train_data` / `task.eval_data`: a registered dataset and how it is batched."""
+
+    batch_size: int = 32  # global batch, over all replicas
+    shuffle_buffer: int = 10000
+    cache: bool = True
+
+
+@dataclasses.dataclass
+class LossConfig(Component):
+    """`task.loss`: a registered loss; the framework always asks it for per-example values."""
+
+    name: str = "sparse_categorical_crossentropy"
+
+
+@dataclasses.dataclass
+class TaskConfig:
+    """`task`: what is learned from what."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train_data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    eval_data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    metrics: list = dataclasses.field(default_factory=lambda: ["accuracy"])
+    class_weight: Union[None, str, dict] = None
+    # Checkpoint (file prefix or directory) whose weights initialize the model, and rules
+    # mapping its variable paths to this model's: [{"from": regex, "to": replacement}].
+    init_checkpoint: Optional[str] = None
+    init_mapping: list = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class TrainerConfig:
+    """`trainer`: how long, how often, and how the compiled loop runs."""
+
+    train_steps: int = 1000
+    train_epochs: Optional[float] = None  # overrides train_steps when the train set is finite
+    steps_per_loop: int = 100
+    eval_interval: int = 500
+    eval_steps: Optional[int] = None  # None: the whole eval set, partial last batch included
+    checkpoint_interval: int = 500
+    max_to_keep: int = 3
+    seed: int = 42
+    jit_compile: Union[bool, str] = "auto"  # true | false | auto
+    deterministic: bool = False  # op determinism (bit-exact resume); slower
+    nonfinite: str = "terminate"  # terminate | skip | restore
+    max_restores: int = 3
+    phases: list = dataclasses.field(default_factory=list)
+    freeze_bn_in_frozen_groups: bool = True
+    ema_decay: Optional[float] = None  # exponential moving average of weights; eval uses it
+    log_every_loop: bool = True
+
+
+@dataclasses.dataclass
+class ScheduleConfig(Component):
+    """`optimizer.schedule`: a registered learning-rate schedule."""
+
+    name: str = "constant"
+
+
+@dataclasses.dataclass
+class ClipConfig:
+    """`optimizer.clip`: clipping of the aggregated gradient (never per replica)."""
+
+    global_norm: Optional[float] = None
+    per_group_norm: Optional[float] = None
+    per_variable_norm: Optional[float] = None
+    value: Optional[float] = None
+
+
+@dataclasses.dataclass
+class ParamGroupConfig:
+    """One entry of `optimizer.param_groups`."""
+
+    pattern: str = ""
+    name: Optional[str] = None
+    lr_multiplier: float = 1.0
+    weight_decay: Optional[float] = None
+    trainable: bool = True
+
+
+@dataclasses.dataclass
+class OptimizerConfig(Component):
+    """`optimizer`: a registered optimizer plus the framework's gradient pipeline options."""
+
+    name: str = "adam"
+    learning_rate: float = 1e-3
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    warmup_steps: int = 0
+    layer_decay: Optional[float] = None
+    param_groups: list = dataclasses.field(default_factory=list)
+    clip: ClipConfig = dataclasses.field(default_factory=ClipConfig)
+    accumulation_steps: int = 1
+    weight_decay: Optional[float] = None
+    # Variables whose path matches one of these get no weight decay.
+    weight_decay_exclude: list = dataclasses.field(
+        default_factory=lambda: [r"bias$", r"(batch_?norm|layer_?norm|normalization)[^/]*/", r"(gamma|beta)$"])
+
+
+@dataclasses.dataclass
+class RuntimeConfig:
+    """`runtime`: where and in what precision it runs."""
+
+    precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
+    strategy: str = "default"  # default | one_device | mirrored | multi_worker | tpu
+    cpu_replicas: int = 0  # >0: split the CPU into that many logical devices
+    num_gpus: int = 0
+    tpu: str = ""
+    tpu_timeout_s: float = 30.0
+    worker_timeout_s: float = 120.0
+    initial_loss_scale: float = 32768.0
+
+
+@dataclasses.dataclass
+class HookConfig(Component):
+    """One entry of `hooks`."""
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    """The whole resolved experiment."""
+
+    task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    hooks: list = dataclasses.field(default_factory=list)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+
+
+# Element types of list-valued fields that hold sections.
+_LIST_ITEM = {
+    ("optimizer", "param_groups"): ParamGroupConfig,
+    ("", "hooks"): HookConfig,
+}
+
+
+# ----------------------------------------------------------------------------- coercion
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Converts `value` to the declared type `tp` of `key` or raises ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        # Prefer an exact type match, then conversions in declared order.
+        for a in args:
+            if a is not type(None) and isinstance(value, a) and not (a is int and isinstance(value, bool)):
+                return value
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: expected {_type_name(tp)}; got {value!r} ({type(value).__name__})")
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise ConfigError(f"{key}: expected bool; got {value!r} ({type(value).__name__})")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected int; got {value!r} (bool)")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                try:
+                    f = float(value)
+                except ValueError:
+                    f = math.nan
+                if math.isfinite(f) and f.is_integer():
+                    return int(f)
+        raise ConfigError(f"{key}: expected int; got {value!r} ({type(value).__name__})")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected float; got {value!r} (bool)")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected float; got {value!r} ({type(value).__name__})")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected str; got {value!r} ({type(value).__name__})")
+    if tp in (list, dict) or origin in (list, dict):
+        base = origin or tp
+        if isinstance(value, base):
+            return value
+        raise ConfigError(f"{key}: expected {base.__name__}; got {value!r} ({type(value).__name__})")
+    raise ConfigError(f"{key}: unsupported declared type {tp!r}")
+
+
+def _fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _merge_into(obj: Any, data: Mapping[str, Any], path: str) -> None:
+    """Applies the mapping `data` onto dataclass instance `obj` in place."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path or '<root>'}: expected a mapping; got {data!r} ({type(data).__name__})")
+    cls = type(obj)
+    fields = _fields(cls)
+    hints = _hints(cls)
+    is_component = isinstance(obj, Component)
+    for key, value in data.items():
+        full = f"{path}.{key}" if path else str(key)
+        if key == "kwargs" and is_component:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{full}: expected a mapping; got {value!r}")
+            obj.kwargs.update(value)
+            continue
+        if key not in fields:
+            if is_component:
+                obj.kwargs[key] = value
+                continue
+            valid = sorted(n for n in fields)
+            raise ConfigError(
+                f"unknown config key {full!r}; valid keys at {path or 'the top level'}: {', '.join(valid)}"
+            )
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if value is None:
+                raise ConfigError(f"{full}: expected a mapping; got null")
+            _merge_into(current, value, full)
+            continue
+        item_cls = _LIST_ITEM.get((path.split(".")[-1] if path else "", key))
+        coerced = _coerce(value, hints[key], full)
+        if item_cls is not None:
+            coerced = [_item(item_cls, v, f"{full}[{i}]") for i, v in enumerate(coerced)]
+        setattr(obj, key, coerced)
+
+
+def _item(cls: type, value: Any, path: str) -> Any:
+    if dataclasses.is_dataclass(value) and isinstance(value, cls):
+        return value
+    obj = cls()
+    if isinstance(value, str) and issubclass(cls, Component):
+        value = {"name": value}
+    _merge_into(obj, value, path)
+    return obj
+
+
+def to_dict(cfg: Any) -> Any:
+    """Returns a plain nested dict (component kwargs flattened into their section)."""
+    if dataclasses.is_dataclass(cfg):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(cfg):
+            v = getattr(cfg, f.name)
+            if f.name == "kwargs" and isinstance(cfg, Component):
+                continue
+            out[f.name] = to_dict(v)
+        if isinstance(cfg, Component):
+            for k, v in cfg.kwargs.items():
+                out[k] = to_dict(v)
+        return out
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def from_dict(data: Mapping[str, Any] | ExperimentConfig | None) -> ExperimentConfig:
+    """Builds an ExperimentConfig from defaults plus a nested mapping (or copies a config)."""
+    cfg = ExperimentConfig()
+    if data is None:
+        return cfg
+    if isinstance(data, ExperimentConfig):
+        data = to_dict(data)
+    _merge_into(cfg, data, "")
+    return cfg
+
+
+def merge(cfg: ExperimentConfig, data: Mapping[str, Any]) -> ExperimentConfig:
+    """Applies `data` onto a copy of `cfg`; returns the copy."""
+    out = from_dict(to_dict(cfg))
+    _merge_into(out, data, "")
+    return out
+
+
+# ----------------------------------------------------------------------------- overrides
+
+
+def _split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Splits on `sep` outside brackets, braces and quotes."""
+    parts, depth, quote, buf = [], 0, "", []
+    for ch in text:
+        if quote:
+            buf.append(ch)
+            if ch == quote:
+                quote = ""
+            continue
+        if ch in "\"'":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        if ch == sep and depth == 0:
+            parts.append("".join(buf))
+            buf = []
+        else:
+            buf.append(ch)
+    if buf:
+        parts.append("".join(buf))
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """Parses `--params_override`: a YAML/JSON mapping or `a.b=1,c.d=x` dotted pairs.
+
+    Values of dotted pairs are read as YAML scalars / flow collections; the declared type of
+    the key converts them later (so `optimizer.learning_rate=1e-3` becomes a float).
+    """
+    text = text.strip()
+    if not text:
+        return {}
+    looks_dotted = "=" in text and not text.startswith("{") and not (
+        ":" in text.split("=", 1)[0])
+    if not looks_dotted:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--params_override: not valid YAML/JSON ({e}); got {text!r}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(
+                "--params_override: expected a YAML/JSON mapping or 'a.b=1,c.d=x' pairs; "
+                f"got {text!r}")
+        return data
+    out: dict[str, Any] = {}
+    for pair in _split_top_level(text):
+        if "=" not in pair:
+            raise ConfigError(f"--params_override: expected 'dotted.key=value'; got {pair!r}")
+        key, raw = pair.split("=", 1)
+        key = key.strip()
+        if not key or any(not p for p in key.split(".")):
+            raise ConfigError(f"--params_override: bad key {key!r} in {pair!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, str):
+            value = raw.strip()  # keep the text as typed (e.g. '1e-3'); typing converts it
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--params_override: {key!r} sets inside a value given earlier")
+        node[parts[-1]] = value
+    return out
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """Reads a YAML or JSON config file into a mapping."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"--config_file: no such file; got {path!r}")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--config_file: cannot parse {path!r}: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config_file: expected a mapping at the top of {path!r}; got {type(data).__name__}")
+    return data
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _positive(value: Any, key: str, *, allow_zero: bool = False, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    bad = value is None or (isinstance(value, float) and not math.isfinite(value)) or (
+        value < 0 if allow_zero else value <= 0)
+    if bad:
+        want = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{key}: expected a finite number {want}; got {value!r}")
+
+
+def validate(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Checks ranges and choices that need no TensorFlow; returns `cfg`.
+
+    Raises:
+      ConfigError: naming the key, the value received and what was expected.
+    """
+    t, tr, o, r = cfg.task, cfg.trainer, cfg.optimizer, cfg.runtime
+    if not t.model.name:
+        raise ConfigError("task.model.name: expected a registered model name; got ''")
+    if not t.train_data.name:
+        raise ConfigError("task.train_data.name: expected a registered dataset name; got ''")
+    for key, v in (("task.train_data.batch_size", t.train_data.batch_size),
+                   ("task.eval_data.batch_size", t.eval_data.batch_size),
+                   ("trainer.steps_per_loop", tr.steps_per_loop),
+                   ("trainer.eval_interval", tr.eval_interval),
+                   ("trainer.checkpoint_interval", tr.checkpoint_interval),
+                   ("trainer.max_to_keep", tr.max_to_keep),
+                   ("optimizer.accumulation_steps", o.accumulation_steps)):
+        if v <= 0:
+            raise ConfigError(f"{key}: expected an integer > 0; got {v!r}")
+    if tr.train_steps < 0:
+        raise ConfigError(f"trainer.train_steps: expected an integer >= 0; got {tr.train_steps!r}")
+    if tr.train_epochs is not None:
+        _positive(tr.train_epochs, "trainer.train_epochs")
+    if tr.eval_steps is not None and tr.eval_steps <= 0:
+        raise ConfigError(f"trainer.eval_steps: expected null or an integer > 0; got {tr.eval_steps!r}")
+    if tr.nonfinite not in ("terminate", "skip", "restore"):
+        raise ConfigError(f"trainer.nonfinite: expected terminate | skip | restore; got {tr.nonfinite!r}")
+    if isinstance(tr.jit_compile, str) and tr.jit_compile != "auto":
+        raise ConfigError(f"trainer.jit_compile: expected true | false | auto; got {tr.jit_compile!r}")
+    if tr.ema_decay is not None and not 0.0 < tr.ema_decay < 1.0:
+        raise ConfigError(f"trainer.ema_decay: expected null or a number in (0, 1); got {tr.ema_decay!r}")
+    _positive(o.learning_rate, "optimizer.learning_rate")
+    if o.warmup_steps < 0:
+        raise ConfigError(f"optimizer.warmup_steps: expected an integer >= 0; got {o.warmup_steps!r}")
+    if o.layer_decay is not None and not 0.0 < o.layer_decay <= 1.0:
+        raise ConfigError(f"optimizer.layer_decay: expected null or a number in (0, 1]; got {o.layer_decay!r}")
+    for k in ("global_norm", "per_group_norm", "per_variable_norm", "value"):
+        _positive(getattr(o.clip, k), f"optimizer.clip.{k}", allow_none=True)
+    _positive(o.weight_decay, "optimizer.weight_decay", allow_zero=True, allow_none=True)
+    for i, g in enumerate(o.param_groups):
+        if not g.pattern:
+            raise ConfigError(f"optimizer.param_groups[{i}].pattern: expected a regular expression; got {g.pattern!r}")
+        _positive(g.lr_multiplier, f"optimizer.param_groups[{i}].lr_multiplier", allow_zero=True)
+        _positive(g.weight_decay, f"optimizer.param_groups[{i}].weight_decay", allow_zero=True, allow_none=True)
+    if r.precision not in ("float32", "mixed_float16", "mixed_bfloat16"):
+        raise ConfigError(f"runtime.precision: expected float32 | mixed_float16 | mixed_bfloat16; got {r.precision!r}")
+    if r.strategy not in ("default", "one_device", "mirrored", "multi_worker", "tpu"):
+        raise ConfigError(
+            f"runtime.strategy (--strategy): expected default | one_device | mirrored | multi_worker | tpu; "
+            f"got {r.strategy!r}")
+    if r.cpu_replicas < 0 or r.num_gpus < 0:
+        raise ConfigError(f"runtime.cpu_replicas / num_gpus: expected >= 0; got {r.cpu_replicas!r} / {r.num_gpus!r}")
+    cw = t.class_weight
+    if isinstance(cw, str) and cw != "balanced":
+        raise ConfigError(f"task.class_weight: expected null, 'balanced' or {{class: weight}}; got {cw!r}")
+    if isinstance(cw, dict):
+        for k, v in cw.items():
+            try:
+                int(k)
+                ok = float(v) >= 0 and math.isfinite(float(v))
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ConfigError(f"task.class_weight: expected int class -> weight >= 0; got {k!r}: {v!r}")
+    for i, h in enumerate(cfg.hooks):
+        if not h.name:
+            raise ConfigError(f"hooks[{i}].name: expected a registered hook name; got {h.name!r}")
+    for i, m in enumerate(t.metrics):
+        if not isinstance(m, (str, dict)):
+            raise ConfigError(f"task.metrics[{i}]: expected a metric name or {{name: ...}}; got {m!r}")
+    return cfg
+
+
+# ----------------------------------------------------------------------------- resolve / io
+
+
+def resolve(base: Mapping[str, Any] | ExperimentConfig | None, *, config_files: tuple[str, ...] = (),
+            overrides: tuple[str, ...] = ()) -> ExperimentConfig:
+    """Experiment defaults, then each config file in order, then each override; validated."""
+    cfg = from_dict(base)
+    for path in config_files:
+        _merge_into(cfg, load_file(path), "")
+    for text in overrides:
+        _merge_into(cfg, parse_override(text), "")
+    return validate(cfg)
+
+
+def dump_yaml(cfg: ExperimentConfig) -> str:
+    """Returns the resolved config as YAML text."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
+
+
+def save(cfg: ExperimentConfig, path: str) -> None:
+    """Writes `cfg` as YAML to `path` atomically."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(dump_yaml(cfg))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load(path: str) -> ExperimentConfig:
+    """Reads a config written by `save`."""
+    return validate(from_dict(load_file(path)))

@@ -1,0 +1,1 @@
+"""Data sources (arrays, bundled sets, files) and the input pipeline."""
