@@ -1,0 +1,1 @@
+"""Experiment modules; each registers components and an experiment config (imported automatically)."""

@@ -1,0 +1,293 @@
+"""The Python outer loop: inner-loop calls, eval and checkpoint boundaries, hooks, resume.
+
+One compiled call runs up to `trainer.steps_per_loop` steps; the controller copies results to
+the host once per call, writes summaries and the log line, dispatches hooks, evaluates and
+checkpoints on their intervals. Training resumes from the newest checkpoint and a finished run
+returns at once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from framework import checkpoint as ckpt_lib
+from framework import summaries as summ
+from framework.hooks import RunContext
+from framework.trainer import Trainer
+
+
+class NonFiniteError(RuntimeError):
+    """Training met a non-finite loss or gradient under `trainer.nonfinite=terminate`."""
+
+
+@dataclasses.dataclass
+class Phase:
+    """A stretch of training with its own trainable groups and group multipliers."""
+
+    start_step: int
+    trainable: dict[str, bool]
+    lr_multiplier: dict[str, float]
+
+
+def resolve_phases(trainer: Trainer) -> list[Phase]:
+    """Turns `trainer.phases` into steps (epochs are converted with the train set's size).
+
+    Each entry: {start_step | start_epoch, trainable: {group: bool}, lr_multiplier: {group: x}};
+    a group not named keeps its setting from the previous phase.
+    """
+    cfg = trainer.cfg
+    names = trainer.groups.names()
+    steps_per_epoch = None
+    if trainer.num_train_examples > 0:
+        steps_per_epoch = trainer.num_train_examples / (cfg.task.train_data.batch_size * trainer.batches_per_step)
+    out = []
+    for i, p in enumerate(cfg.trainer.phases):
+        key = f"trainer.phases[{i}]"
+        if not isinstance(p, dict):
+            raise ValueError(f"{key}: expected a mapping; got {p!r}")
+        unknown = set(p) - {"start_step", "start_epoch", "trainable", "lr_multiplier"}
+        if unknown:
+            raise ValueError(f"{key}: unknown key(s) {sorted(unknown)}; valid: start_step, start_epoch, "
+                             f"trainable, lr_multiplier; got {p!r}")
+        if "start_epoch" in p:
+            if steps_per_epoch is None:
+                raise ValueError(f"{key}.start_epoch: the training set is infinite; use start_step; got {p!r}")
+            start = int(round(float(p["start_epoch"]) * steps_per_epoch))
+        else:
+            start = int(p.get("start_step", 0))
+        for field in ("trainable", "lr_multiplier"):
+            for g in (p.get(field) or {}):
+                if g not in names:
+                    raise ValueError(f"{key}.{field}: unknown parameter group {g!r}; groups: {', '.join(names)}")
+        out.append(Phase(start_step=start, trainable=dict(p.get("trainable") or {}),
+                         lr_multiplier={k: float(v) for k, v in (p.get("lr_multiplier") or {}).items()}))
+    out.sort(key=lambda ph: ph.start_step)
+    return out
+
+
+class Controller:
+    """Drives a built `Trainer` in `model_dir`.
+
+    Args:
+      trainer: the built run.
+      model_dir: where checkpoints, summaries, params.yaml and metrics.json go.
+      hooks: callables `hook(event, ctx)`; optional `state()` / `load_state(d)` are checkpointed.
+      save_checkpoints: False for runs that must leave no checkpoint (lr_find).
+    """
+
+    def __init__(self, *, trainer: Trainer, model_dir: str, hooks: Sequence[Any] = (),
+                 save_checkpoints: bool = True) -> None:
+        self.t = trainer
+        self.cfg = trainer.cfg
+        self.model_dir = model_dir
+        self.hooks = list(hooks)
+        self.summaries = summ.Summaries(model_dir=model_dir)
+        self.save_checkpoints = save_checkpoints
+        self.phases = resolve_phases(trainer)
+        self.ctx = RunContext(controller=self)
+        # Model variables by path (Dropout RNG states included, trap 9); clean keys also let
+        # task.init_checkpoint load them into another model by path.
+        objects = {"model_weights": ckpt_lib.weights_by_path(trainer.model), "step": trainer.global_step,
+                   "optimizer": trainer.optimizer, "lr_factor": trainer.lr_factor,
+                   "trainer_state": trainer.steps.state()}
+        self.checkpointer = ckpt_lib.Checkpointer(
+            directory=model_dir, objects=objects, max_to_keep=self.cfg.trainer.max_to_keep,
+            get_hook_state=self._hook_state, set_hook_state=self._load_hook_state)
+        self.last_eval: dict[str, float] | None = None
+        self._train_iter = None
+        self._eval_ds = None
+        self._restores = 0
+
+    # ----------------------------------------------------------------- hook plumbing
+
+    def _hook_state(self) -> dict:
+        return {str(i): h.state() for i, h in enumerate(self.hooks) if hasattr(h, "state")}
+
+    def _load_hook_state(self, data: dict) -> None:
+        for i, h in enumerate(self.hooks):
+            if hasattr(h, "load_state") and str(i) in data:
+                h.load_state(data[str(i)])
+
+    def _dispatch(self, event: str) -> None:
+        for h in self.hooks:
+            h(event, self.ctx)
+
+    # ----------------------------------------------------------------- phases
+
+    def _phase_at(self, step: int) -> tuple[list[int], np.ndarray]:
+        """Active variable indices and per-variable multipliers in effect at `step`."""
+        table = self.t.groups
+        trainable = {g.name: g.trainable for g in table.groups}
+        mult = {g.name: g.lr_multiplier for g in table.groups}
+        for ph in self.phases:
+            if ph.start_step > step:
+                break
+            trainable.update(ph.trainable)
+            mult.update(ph.lr_multiplier)
+        group_mults = [mult[g.name] if trainable[g.name] else 0.0 for g in table.groups]
+        per_var = table.multipliers(group_multipliers=group_mults, layer_decay=self.cfg.optimizer.layer_decay)
+        active = [i for i in range(len(table.variables)) if group_mults[table.group_of[i]] != 0.0]
+        return active, per_var
+
+    def _next_phase_start(self, step: int) -> int | None:
+        for ph in self.phases:
+            if ph.start_step > step:
+                return ph.start_step
+        return None
+
+    # ----------------------------------------------------------------- run
+
+    def restore(self) -> int:
+        path = self.checkpointer.restore_or_init()
+        step = int(self.t.global_step.numpy())
+        if path:
+            logging.info("restored %s (step %d)", path, step)
+        else:
+            init = self.cfg.task.init_checkpoint
+            if init:
+                loaded = ckpt_lib.load_weights(self.t.model, init, mapping=self.cfg.task.init_mapping)
+                logging.info("initialized %d variables from %s", len(loaded), init)
+        return step
+
+    def train(self, *, evaluate: bool) -> int:
+        """Trains to `total_steps` (evaluating on the interval when `evaluate`); returns the step."""
+        tr = self.cfg.trainer
+        total = self.t.total_steps
+        step = self.restore()
+        if step >= total:
+            logging.info("already finished: step %d of %d in %s; nothing to do", step, total, self.model_dir)
+            return step
+        self.summaries.text("train", "config", _config_text(self.cfg), step=step)
+        self.summaries.text("train", "param_groups", self.t.groups.format(), step=step)
+        self._dispatch("begin")
+        dist_ds = self.t.train_dataset(start_step=step)
+        self._train_iter = iter(dist_ds)
+        global_batch = self.cfg.task.train_data.batch_size * self.t.batches_per_step
+        start_time, start_step = time.monotonic(), step
+        while step < total and not self.ctx.stop_requested:
+            active, per_var = self._phase_at(step)
+            self.t.lr_multipliers.assign(per_var)
+            bounds = [total, _next_multiple(step, tr.steps_per_loop)]
+            if evaluate:
+                bounds.append(_next_multiple(step, tr.eval_interval))
+            if self.save_checkpoints:
+                bounds.append(_next_multiple(step, tr.checkpoint_interval))
+            nxt = self._next_phase_start(step)
+            if nxt is not None:
+                bounds.append(nxt)
+            n = min(bounds) - step
+            self.t.steps.reset_train_metrics()
+            t0 = time.monotonic()
+            self.t.steps.train_loop(self._train_iter, n, active)
+            new_step = int(self.t.global_step.numpy())  # the one host copy of this loop
+            dt = max(time.monotonic() - t0, 1e-9)
+            done = new_step - step
+            if bool(self.t.steps.halt.numpy()):
+                new_step = self._nonfinite(new_step)
+                if new_step is None:
+                    continue  # restored: loop again from the checkpoint's step
+            step = new_step
+            values = self._train_values(step)
+            rates = {"steps_per_sec": done / dt, "examples_per_sec": done * global_batch / dt}
+            self.summaries.scalars("train", step, {**values, **rates})
+            elapsed = time.monotonic() - start_time
+            eta = elapsed / max(step - start_step, 1) * (total - step)
+            shown = {k: v for k, v in values.items() if "/" not in k and k not in ("grad_norm_clipped",)}
+            summ.log(summ.log_line("train", step=step, total=total, values=shown,
+                                   examples_per_sec=rates["examples_per_sec"], eta_s=eta))
+            self.ctx.train_logs = values
+            self._dispatch("train_loop_end")
+            at_end = step >= total or self.ctx.stop_requested
+            if evaluate and (step % tr.eval_interval == 0 or at_end):
+                self.evaluate(step=step)
+            if self.save_checkpoints and (step % tr.checkpoint_interval == 0 or at_end):
+                self.save(step)
+        if self.ctx.stop_requested:
+            logging.info("stopped at step %d: %s", step, self.ctx.stop_reason)
+        self._dispatch("end")
+        self.summaries.close()
+        return step
+
+    def save(self, step: int) -> str:
+        path = self.checkpointer.save(step)
+        logging.info("saved %s", path)
+        return path
+
+    def _nonfinite(self, step: int) -> int | None:
+        s = self.t.steps
+        bad_step = int(s.nonfinite_step.numpy())
+        what = "loss" if bool(s.nonfinite_loss.numpy()) else "gradient"
+        policy = self.cfg.trainer.nonfinite
+        msg = (f"non-finite {what} at step {bad_step} (trainer.nonfinite={policy}); the update of that step "
+               f"was not applied")
+        if policy == "restore" and self.checkpointer.latest and self._restores < self.cfg.trainer.max_restores:
+            self._restores += 1
+            logging.warning("%s; restoring %s (%d/%d)", msg, self.checkpointer.latest, self._restores,
+                            self.cfg.trainer.max_restores)
+            self.checkpointer.restore_or_init()
+            step = int(self.t.global_step.numpy())
+            self._train_iter = iter(self.t.train_dataset(start_step=step))
+            s.halt.assign(False)
+            return None
+        if self.save_checkpoints:
+            self.save(step)  # the last good state, for inspection and a later resume
+        raise NonFiniteError(msg + f"; last good checkpoint at step {step}")
+
+    def _train_values(self, step: int) -> dict[str, float]:
+        s = self.t.steps
+        out = {"loss": float(s.loss_mean.result())}
+        for name, m in s.train_metrics.items():
+            out[name] = float(m.result())
+        for k, m in s.stat_means.items():
+            if k.startswith("grad_norm/"):
+                gi = int(k.split("/")[1])
+                out[f"grad_norm/{self.t.groups.groups[gi].name}"] = float(m.result())
+            else:
+                out[k] = float(m.result())
+        for g, lr in self.t.group_lrs(step).items():
+            out[f"learning_rate/{g}"] = lr
+        return out
+
+    def evaluate(self, *, step: int | None = None) -> dict[str, float]:
+        """Evaluates on the whole eval set (or `trainer.eval_steps` batches); writes metrics.json."""
+        if self.t.eval_source is None:
+            raise ValueError("task.eval_data.name: no eval dataset configured; got ''")
+        if step is None:
+            step = int(self.t.global_step.numpy())
+        if self._eval_ds is None:
+            self._eval_ds = self.t.eval_dataset()
+        ds, nb = self._eval_ds
+        s = self.t.steps
+        s.reset_eval_metrics()
+        s.swap_ema()
+        try:
+            s.eval_loop(iter(ds), nb)
+        finally:
+            s.swap_ema()
+        values = {"loss": float(s.eval_loss_mean.result())}
+        for name, m in s.eval_metrics.items():
+            values[name] = float(m.result())
+        self.summaries.scalars("eval", step, values)
+        summ.log(summ.log_line("eval", step=step, total=self.t.total_steps, values=values))
+        self.last_eval = values
+        summ.write_json(os.path.join(self.model_dir, "metrics.json"), {"step": step, **values})
+        self.ctx.eval_logs = values
+        self._dispatch("eval_end")
+        return values
+
+
+def _next_multiple(step: int, every: int) -> int:
+    return (step // every + 1) * every
+
+
+def _config_text(cfg: Any) -> str:
+    from framework import config as config_lib
+
+    return config_lib.dump_yaml(cfg)

@@ -1,0 +1,188 @@
+"""The input pipeline: seeded shuffle, global batches, exact resume position, replica slices.
+
+Training reads a continuous stream of examples: epoch `e` is the source shuffled with a seed
+derived from (`seed`, `e`), epochs follow each other, and global batch `b` is examples
+`[b*G, (b+1)*G)` of that stream. A resumed run therefore rebuilds the stream at the position
+of its first unconsumed batch and sees exactly the batches an uninterrupted run would (a
+tf.distribute iterator cannot be checkpointed: DESIGN.md trap 10).
+
+Evaluation covers the whole set once: the last batch is padded with weight-0 examples to a
+full global batch, so every eval batch has one static shape (one trace, no empty replica
+batch, no NaN) and the padding never counts in the loss or the metrics.
+
+Under a strategy each replica takes its slice of the same global batch, so N replicas see
+exactly the examples one device would.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+import tensorflow as tf
+
+# Sources of unknown cardinality are counted once up to this many elements.
+_COUNT_LIMIT = 10_000_000
+
+
+def with_weights(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Maps (x, y) or (x, y, w) elements to (x, y, w) with a float32 per-example weight."""
+    spec = ds.element_spec
+    if not isinstance(spec, tuple) or len(spec) not in (2, 3):
+        raise ValueError(
+            "a dataset factory must return an unbatched dataset of (features, label) or "
+            f"(features, label, sample_weight); got elements {spec}")
+    if len(spec) == 3:
+        return ds.map(lambda x, y, w: (x, y, tf.cast(w, tf.float32)),
+                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.map(lambda x, y: (x, y, tf.constant(1.0, tf.float32)),
+                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def count(ds: tf.data.Dataset, *, name: str) -> int:
+    """Number of elements of a finite dataset (counted once if TF does not know it).
+
+    Raises:
+      ValueError: the dataset is infinite, or empty (B6), naming it.
+    """
+    n = int(ds.cardinality().numpy())
+    if n == tf.data.INFINITE_CARDINALITY:
+        return -1
+    if n == tf.data.UNKNOWN_CARDINALITY:
+        n = int(ds.take(_COUNT_LIMIT).reduce(tf.constant(0, tf.int64), lambda c, _: c + 1).numpy())
+    if n == 0:
+        raise ValueError(f"{name}: the dataset is empty (0 examples); check its source and kwargs")
+    return n
+
+
+def _check_static(ds: tf.data.Dataset, name: str) -> None:
+    for spec in tf.nest.flatten(ds.element_spec):
+        if not spec.shape.is_fully_defined():
+            raise ValueError(
+                f"{name}: every element must have a fully defined static shape (resize or pad in "
+                f"the dataset factory) so batches keep one shape; got element spec {ds.element_spec}")
+
+
+def train_stream(source: tf.data.Dataset, *, global_batch: int, seed: int, shuffle_buffer: int,
+                 cache: bool, start_batch: int = 0, num_examples: int | None = None,
+                 name: str = "task.train_data") -> tf.data.Dataset:
+    """Infinite dataset of global batches, positioned at global batch `start_batch`.
+
+    Args:
+      source: unbatched (x, y, w) dataset (see `with_weights`).
+      global_batch: examples per global batch (all replicas).
+      seed: shuffle seed; epoch e uses a seed derived from (seed, e).
+      shuffle_buffer: shuffle buffer (a finite source smaller than it is shuffled whole).
+      cache: cache the decoded source in memory.
+      start_batch: the first global batch to yield (resume position).
+      num_examples: the source's size if finite (counted when None), -1 if infinite.
+      name: config section, for messages.
+    """
+    _check_static(source, name)
+    n = count(source, name=name) if num_examples is None else num_examples
+    if cache:
+        source = source.cache()
+    if n > 0:
+        buffer = min(n, shuffle_buffer) if shuffle_buffer > 0 else 0
+        position = start_batch * global_batch
+        first_epoch, offset = divmod(position, n)
+
+        def epoch(e: tf.Tensor) -> tf.data.Dataset:
+            if buffer <= 1:
+                return source
+            # A fixed per-epoch seed makes epoch e the same permutation in every run.
+            return source.shuffle(buffer, seed=tf.cast(seed, tf.int64) * 1_000_003 + e,
+                                  reshuffle_each_iteration=False)
+
+        stream = tf.data.Dataset.range(first_epoch, tf.int64.max).flat_map(epoch).skip(offset)
+        ds = stream.batch(global_batch, drop_remainder=True)
+    else:
+        if shuffle_buffer > 1:
+            source = source.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        ds = source.repeat().batch(global_batch, drop_remainder=True).skip(start_batch)
+    return ds
+
+
+def eval_batches(source: tf.data.Dataset, *, global_batch: int, cache: bool,
+                 num_examples: int | None = None, name: str = "task.eval_data") -> tuple[tf.data.Dataset, int]:
+    """Finite dataset of global batches covering `source` once, padded with weight-0 examples.
+
+    Returns:
+      (dataset, number of batches).
+    """
+    _check_static(source, name)
+    n = count(source, name=name) if num_examples is None else num_examples
+    if n < 0:
+        raise ValueError(f"{name}: the eval dataset is infinite; set trainer.eval_steps or make it finite")
+    if cache:
+        source = source.cache()
+    pad = (-n) % global_batch
+    if pad:
+        zero = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), source.element_spec)
+        padding = tf.data.Dataset.from_tensors(zero).repeat(pad)
+        source = source.concatenate(padding)
+    return source.batch(global_batch, drop_remainder=True), math.ceil(n / global_batch)
+
+
+def replica_slices(ds: tf.data.Dataset, ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+    """From global batches, the per-replica batches of this input pipeline's replicas, in order.
+
+    `distribute_datasets_from_function` hands consecutive elements of a worker's dataset to its
+    local replicas in turn, so yielding the worker's slices of each global batch in replica
+    order gives replica r rows [r*b, (r+1)*b) of every global batch.
+    """
+    replicas = ctx.num_replicas_in_sync
+    pipelines = ctx.num_input_pipelines
+    if replicas == 1:
+        return ds
+    local = replicas // pipelines
+    first = ctx.input_pipeline_id * local
+
+    def split(*elem: Any) -> Any:
+        def one(t: tf.Tensor) -> tf.Tensor:
+            shape = tf.shape(t)
+            per = t.shape[0] // replicas
+            t = tf.reshape(t, tf.concat([[replicas, per], shape[1:]], 0))
+            return t[first:first + local]
+        return tuple(tf.nest.map_structure(one, e) for e in elem)
+
+    return ds.map(split, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+
+
+def distribute(strategy: tf.distribute.Strategy, make: Callable[[], tf.data.Dataset]) -> Any:
+    """Distributes global batches from `make()` so replicas partition each global batch."""
+
+    def fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        ds = replica_slices(make(), ctx)
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        options.deterministic = True
+        return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+    return strategy.distribute_datasets_from_function(
+        fn, options=tf.distribute.InputOptions(experimental_fetch_to_device=True))
+
+
+def labels_array(source: tf.data.Dataset, *, limit: int = 2_000_000) -> np.ndarray:
+    """All labels of a finite (x, y, w) dataset as a NumPy array (for checks and class weights)."""
+    ys = source.map(lambda x, y, w: y).take(limit).batch(65536)
+    parts = [b.numpy() for b in ys]
+    return np.concatenate(parts) if parts else np.zeros([0])
+
+
+def check_sparse_labels(labels: np.ndarray, *, num_classes: int, name: str) -> None:
+    """Raises ValueError if a sparse label is outside [0, num_classes) (trap 7: silent NaN on GPU)."""
+    if labels.size == 0:
+        return
+    flat = labels.reshape(-1)
+    if not np.issubdtype(flat.dtype, np.integer):
+        if not np.all(np.equal(np.mod(flat, 1), 0)):
+            bad = flat[np.mod(flat, 1) != 0][0]
+            raise ValueError(f"{name}: sparse labels must be integer class ids; got {bad!r}")
+    bad = np.nonzero((flat < 0) | (flat >= num_classes))[0]
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"{name}: label {flat[i]!r} at example {i} is outside [0, {num_classes}) for a model with "
+            f"{num_classes} outputs ({bad.size} such labels); got labels in "
+            f"[{flat.min()!r}, {flat.max()!r}]")

@@ -1,0 +1,72 @@
+"""Best-k checkpoints by an eval metric in `model_dir/best/`, with an atomic JSON record."""
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+from absl import logging
+
+from framework import registry
+from framework.hooks.context import RunContext
+from framework.hooks.early_stopping import resolve_mode
+
+
+class BestCheckpoint:
+    """Keeps the `keep` best model checkpoints; `best/best.json` lists them with their metrics."""
+
+    def __init__(self, *, monitor: str = "loss", mode: str = "auto", keep: int = 1) -> None:
+        if keep < 1:
+            raise ValueError(f"hooks.best_checkpoint.keep: expected an integer >= 1; got {keep!r}")
+        self.monitor = monitor
+        self.mode = resolve_mode(mode, monitor, section="hooks.best_checkpoint")
+        self.keep = keep
+        self._ckpt = None
+
+    def _dir(self, ctx: RunContext) -> str:
+        return os.path.join(ctx.model_dir, "best")
+
+    def records(self, model_dir: str) -> list[dict]:
+        path = os.path.join(model_dir, "best", "best.json")
+        if not os.path.exists(path):
+            return []
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+    def __call__(self, event: str, ctx: RunContext) -> None:
+        if event != "eval_end":
+            return
+        if self.monitor not in ctx.eval_logs:
+            raise ValueError(f"hooks.best_checkpoint.monitor: no eval metric {self.monitor!r}; "
+                             f"eval metrics: {', '.join(ctx.eval_logs)}")
+        value = float(ctx.eval_logs[self.monitor])
+        records = self.records(ctx.model_dir)
+        if any(r["step"] == ctx.step for r in records):
+            return
+        sign = 1.0 if self.mode == "min" else -1.0
+        ranked = sorted(records, key=lambda r: sign * r["value"])
+        if len(ranked) >= self.keep and sign * value >= sign * ranked[-1]["value"]:
+            return
+        d = self._dir(ctx)
+        os.makedirs(d, exist_ok=True)
+        if self._ckpt is None:
+            self._ckpt = tf.train.Checkpoint(model_weights={v.path: v.value for v in ctx.model.variables})
+        prefix = self._ckpt.write(os.path.join(d, f"ckpt-{ctx.step}"))
+        ranked.append({"step": ctx.step, "value": value, "monitor": self.monitor, "path": os.path.basename(prefix),
+                       "metrics": dict(ctx.eval_logs)})
+        ranked.sort(key=lambda r: sign * r["value"])
+        for r in ranked[self.keep:]:
+            for f in os.listdir(d):
+                if f.startswith(r["path"] + "."):
+                    os.remove(os.path.join(d, f))
+        ranked = ranked[:self.keep]
+        tmp = os.path.join(d, f"best.json.tmp-{os.getpid()}")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(ranked, f, indent=1)
+        os.replace(tmp, os.path.join(d, "best.json"))
+        logging.info("best_checkpoint: step %d %s=%.6g kept in %s", ctx.step, self.monitor, value, d)
+
+
+@registry.register_hook("best_checkpoint")
+def best_checkpoint(monitor: str = "loss", mode: str = "auto", keep: int = 1) -> BestCheckpoint:
+    return BestCheckpoint(monitor=monitor, mode=mode, keep=keep)

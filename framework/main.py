@@ -1,0 +1,146 @@
+"""The absl entry point: flags -> config -> strategy -> trainer -> controller (wiring only).
+
+    python -m framework.main --experiment=digits_cnn --model_dir=runs/digits
+    tapeline --experiment=digits_cnn --model_dir=runs/digits      (same app)
+
+Bad flags, an unknown experiment, unknown or ill-typed config keys and an unwritable model_dir
+exit with status 2 and one message, before TensorFlow builds anything.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("experiment", None, "Registered experiment name.")
+flags.DEFINE_string("model_dir", None, "Directory for checkpoints, summaries, params.yaml, metrics.json.")
+flags.DEFINE_enum("mode", "train_and_eval", ["train_and_eval", "train", "eval", "lr_find"], "What to run.")
+flags.DEFINE_multi_string("config_file", [], "YAML/JSON config file; repeatable, applied in order.")
+flags.DEFINE_multi_string("params_override", [],
+                          "'a.b=1,c.d=x' pairs or a YAML/JSON mapping; applied last (repeatable).")
+flags.DEFINE_enum("strategy", None, ["default", "one_device", "mirrored", "multi_worker", "tpu"],
+                  "Distribution strategy (overrides runtime.strategy).")
+flags.DEFINE_string("tpu", None, "TPU address or name (runtime.tpu).")
+flags.DEFINE_integer("num_gpus", None, "GPUs to use (runtime.num_gpus).", lower_bound=0)
+flags.DEFINE_integer("cpu_replicas", None, "Split the CPU into N logical devices (runtime.cpu_replicas).",
+                     lower_bound=0)
+flags.DEFINE_multi_string("import", [], "Extra module (by module name, never a path) that registers "
+                                        "experiments or components; repeatable.")
+
+
+class UserError(Exception):
+    """A mistake in flags or config: reported in one line, exit status 2."""
+
+
+def resolve_config(*, experiment: str | None, imports: Sequence[str], config_files: Sequence[str],
+                   overrides: Sequence[str], runtime_flags: dict[str, Any]) -> Any:
+    """Imports modules, finds the experiment and resolves its config (no TensorFlow work)."""
+    from framework import config as config_lib
+    from framework import registry
+
+    for name in imports:
+        try:
+            registry.import_module(name)
+        except ModuleNotFoundError as e:
+            raise UserError(f"--import: cannot import module {name!r} ({e}); got {name!r}") from None
+    registry.import_experiments()
+    if not experiment:
+        raise UserError(f"--experiment is required; registered: {', '.join(registry.EXPERIMENTS.names())}")
+    try:
+        factory = registry.EXPERIMENTS.get(experiment)
+    except KeyError as e:
+        raise UserError(f"--experiment: {e}") from None
+    base = factory()
+    runtime_override = {k: v for k, v in runtime_flags.items() if v is not None}
+    extra = (json.dumps({"runtime": runtime_override}),) if runtime_override else ()
+    try:
+        return config_lib.resolve(base, config_files=tuple(config_files), overrides=tuple(overrides) + extra)
+    except config_lib.ConfigError as e:
+        raise UserError(str(e)) from None
+
+
+def check_model_dir(path: str | None) -> str:
+    """Creates `path` and proves it writable, or raises UserError naming it."""
+    if not path:
+        raise UserError("--model_dir is required; got nothing")
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write-test-{os.getpid()}")
+        with open(probe, "w", encoding="utf-8") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"--model_dir: cannot write to {path!r} ({e.strerror or e})") from None
+    return path
+
+
+def run(cfg: Any, *, model_dir: str, mode: str) -> dict[str, Any]:
+    """Builds and runs one experiment; returns a summary (final step, last evaluation)."""
+    from framework import config as config_lib
+    from framework import distribute as dist
+
+    try:
+        dist.check_runtime(cfg.runtime)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if cfg.runtime.cpu_replicas:
+        dist.setup_logical_cpus(cfg.runtime.cpu_replicas)
+    if mode != "lr_find":
+        config_lib.save(cfg, os.path.join(model_dir, "params.yaml"))
+    strategy = dist.make_strategy(cfg.runtime)
+    logging.info("strategy: %s", dist.describe(strategy))
+
+    from framework import controller as controller_lib
+    from framework import registry
+    from framework import trainer as trainer_lib
+
+    try:
+        # Hooks first: their kwargs are checked before the (slower) data and model build.
+        hooks = [registry.build(registry.HOOKS, h.name, h.kwargs, section=f"hooks[{i}]")
+                 for i, h in enumerate(cfg.hooks)]
+        trainer = trainer_lib.build(cfg, strategy)
+    except (ValueError, KeyError) as e:  # config that only the data or model can refute
+        raise UserError(str(e)) from None
+    logging.info("parameter groups:\n%s", trainer.groups.format())
+    if mode == "lr_find":
+        from framework import lr_find
+
+        return lr_find.run(trainer, model_dir=model_dir)
+    ctl = controller_lib.Controller(trainer=trainer, model_dir=model_dir, hooks=hooks)
+    if mode == "eval":
+        if ctl.restore() == 0 and not ctl.checkpointer.latest:
+            raise UserError(f"--mode=eval: no checkpoint in --model_dir; got {model_dir!r}")
+        return {"step": int(trainer.global_step.numpy()), "eval": ctl.evaluate()}
+    step = ctl.train(evaluate=mode == "train_and_eval")
+    return {"step": step, "eval": ctl.last_eval}
+
+
+def main(argv: Sequence[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected positional arguments: {argv[1:]}")
+    try:
+        cfg = resolve_config(experiment=FLAGS.experiment, imports=FLAGS["import"].value,
+                             config_files=FLAGS.config_file, overrides=FLAGS.params_override,
+                             runtime_flags={"strategy": FLAGS.strategy, "tpu": FLAGS.tpu,
+                                            "num_gpus": FLAGS.num_gpus, "cpu_replicas": FLAGS.cpu_replicas})
+        model_dir = check_model_dir(FLAGS.model_dir)
+        result = run(cfg, model_dir=model_dir, mode=FLAGS.mode)
+    except UserError as e:
+        print(f"tapeline: error: {e}", file=sys.stderr)
+        return 2
+    print(f"tapeline: done at step {result.get('step')}; TensorBoard logs: tensorboard --logdir {model_dir}")
+    return 0
+
+
+def entry() -> None:
+    """Console script `tapeline`."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,327 @@
+"""Compiled code only: the per-replica train/eval step and the inner loop of K steps.
+
+The gradient pipeline follows DESIGN.md section 2. Per replica: forward with training=True,
+per-example loss x sample and class weights averaged over the GLOBAL batch plus regularization
+scaled by 1/replicas; (fp16) loss scaling; gradients; one cross-replica SUM (the true mean
+gradient); accumulation over micro-batches; clipping of the aggregated gradient; then one
+`merge_call` into cross-replica context where every active variable is updated with its own
+learning rate. The update runs there because Keras's optimizer would sum across replicas a
+second time in replica context, and because a synchronization point inside a `tf.cond` in
+replica context fails ("merge_call called while defining a new graph").
+
+No logging, file I/O or NumPy here: the controller reads results once per inner loop.
+"""
+from __future__ import annotations
+
+import collections
+from typing import Any, Callable, Mapping, Sequence
+
+import keras
+import tensorflow as tf
+
+from framework.config import ClipConfig
+from framework.optim import clipping
+
+_GROWTH_INTERVAL = 2000  # finite fp16 steps before the loss scale doubles (Keras's default)
+
+
+def _match_labels(y: tf.Tensor, pred: tf.Tensor) -> tf.Tensor:
+    """Gives labels the trailing unit axis of a one-output model ([B] -> [B, 1])."""
+    if pred.shape.rank is not None and y.shape.rank is not None and pred.shape[-1] == 1 \
+            and y.shape.rank == pred.shape.rank - 1:
+        return tf.expand_dims(y, -1)
+    return y
+
+
+def _all_finite(tensors: Sequence[tf.Tensor | None]) -> tf.Tensor:
+    checks = [tf.reduce_all(tf.math.is_finite(t)) for t in tensors if t is not None]
+    return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
+
+
+class Steps:
+    """Builds and caches the compiled train and eval loops of one run.
+
+    All state that a resume needs and that lives here (counters, loss scale, EMA weights)
+    is exposed by `state()` for the checkpoint.
+    """
+
+    def __init__(self, *, strategy: tf.distribute.Strategy, model: keras.Model, loss_fn: Callable,
+                 optimizer: keras.optimizers.Optimizer, variables: Sequence[Any],
+                 weight_decays: Sequence[float], lr_multipliers: tf.Variable,
+                 schedule: Callable[[tf.Tensor], tf.Tensor], lr_factor: tf.Variable,
+                 global_step: tf.Variable, global_batch: int, train_metrics: Mapping[str, Any],
+                 eval_metrics: Mapping[str, Any], clip: ClipConfig, group_of: Sequence[int],
+                 num_groups: int, accumulation_steps: int = 1,
+                 class_weights: Sequence[float] | None = None, nonfinite: str = "terminate",
+                 loss_scaling: bool = False, initial_loss_scale: float = 32768.0,
+                 ema_decay: float | None = None, jit_compile: bool = False,
+                 inject_nonfinite_at: int | None = None) -> None:
+        self.strategy = strategy
+        self.model = model
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.variables = list(variables)
+        self.weight_decays = [float(w) for w in weight_decays]
+        self.lr_multipliers = lr_multipliers
+        self.schedule = schedule
+        self.lr_factor = lr_factor
+        self.global_step = global_step
+        self.global_batch = global_batch
+        self.train_metrics = dict(train_metrics)
+        self.eval_metrics = dict(eval_metrics)
+        self.clip = clip
+        self.group_of = list(group_of)
+        self.num_groups = num_groups
+        self.accumulation_steps = accumulation_steps
+        self.class_weights = None if class_weights is None else [float(c) for c in class_weights]
+        self.nonfinite = nonfinite
+        self.loss_scaling = loss_scaling
+        self.ema_decay = ema_decay
+        self.jit_compile = jit_compile
+        # Test hook (never set from config): make the loss of this global step non-finite.
+        self.inject_nonfinite_at = inject_nonfinite_at
+        self.traces: collections.Counter = collections.Counter()
+        self._train_fns: dict[tuple, Any] = {}
+        self._eval_fn = None
+        with strategy.scope():
+            self.loss_mean = keras.metrics.Mean(name="loss")
+            self.eval_loss_mean = keras.metrics.Mean(name="loss")
+            self.stat_means = {k: keras.metrics.Mean(name=k) for k in
+                               ["grad_norm", "grad_norm_clipped", "clipped_fraction"] +
+                               [f"grad_norm/{i}" for i in range(num_groups)]}
+            self.halt = tf.Variable(False, trainable=False, name="halt")
+            self.nonfinite_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="nonfinite_steps")
+            self.nonfinite_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="nonfinite_step")
+            self.nonfinite_loss = tf.Variable(False, trainable=False, name="nonfinite_loss")
+            self.loss_scale = tf.Variable(initial_loss_scale if loss_scaling else 1.0, dtype=tf.float32,
+                                          trainable=False, name="loss_scale")
+            self.good_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="good_steps")
+            self.ema = None
+            if ema_decay is not None:
+                self.ema = []
+                for v in self.variables:
+                    tv = v.value if isinstance(v, keras.Variable) else v
+                    with strategy.extended.colocate_vars_with(tv):
+                        self.ema.append(tf.Variable(tv.read_value(), trainable=False,
+                                                    name=f"ema/{v.path.replace('/', '_')}"))
+
+    # ------------------------------------------------------------------ state
+
+    def state(self) -> dict[str, Any]:
+        """Variables of this module that a checkpoint must hold for an exact resume."""
+        out = {"nonfinite_steps": self.nonfinite_steps, "loss_scale": self.loss_scale,
+               "good_steps": self.good_steps}
+        if self.ema is not None:
+            out["ema"] = list(self.ema)
+        return out
+
+    def reset_train_metrics(self) -> None:
+        for m in [self.loss_mean, *self.stat_means.values(), *self.train_metrics.values()]:
+            m.reset_state()
+
+    def reset_eval_metrics(self) -> None:
+        for m in [self.eval_loss_mean, *self.eval_metrics.values()]:
+            m.reset_state()
+
+    # ------------------------------------------------------------------ replica code
+
+    def _example_weights(self, y: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
+        w = tf.cast(w, tf.float32)
+        if self.class_weights is not None:
+            cw = tf.constant(self.class_weights, tf.float32)
+            ids = tf.cast(tf.reshape(y, [-1]), tf.int32)
+            w = w * tf.gather(cw, ids)
+        return w
+
+    def _forward_backward(self, x: Any, y: tf.Tensor, w: tf.Tensor, active: tuple[int, ...]):
+        """Per-replica loss (its share of the global mean), predictions and gradients."""
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        variables = [self.variables[i] for i in active]
+        with tf.GradientTape() as tape:
+            pred = self.model(x, training=True)
+            pred32 = tf.cast(pred, tf.float32)
+            y2 = _match_labels(y, pred32)
+            per_example = self.loss_fn(y2, pred32)
+            per_example = tf.reshape(per_example, [tf.shape(per_example)[0], -1])
+            per_example = tf.reduce_mean(per_example, axis=-1) * self._example_weights(y, w)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
+            if self.model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n([tf.cast(l, tf.float32) for l in self.model.losses]))
+            scaled = loss * self.loss_scale if self.loss_scaling else loss
+        grads = tape.gradient(scaled, variables)
+        if self.loss_scaling:
+            grads = [None if g is None else tf.cast(g, tf.float32) / self.loss_scale for g in grads]
+        return loss, pred32, y2, grads
+
+    def _replica_train(self, batches: Sequence[Any], active: tuple[int, ...], step: tf.Tensor) -> None:
+        ctx = tf.distribute.get_replica_context()
+        replicas = ctx.num_replicas_in_sync
+        n = len(batches)
+        total_loss = tf.constant(0.0)
+        acc = None
+        compute = self._compute_fn(active)
+        for x, y, w in batches:  # accumulation micro-batches (Python-unrolled; n is small)
+            loss, pred, y2, grads = compute(x, y, w)
+            for m in self.train_metrics.values():
+                m.update_state(y2, pred, sample_weight=w)
+            total_loss += loss
+            acc = grads if acc is None else [a if g is None else (g if a is None else a + g)
+                                             for a, g in zip(acc, grads)]
+        if n > 1:
+            total_loss = total_loss / n
+            acc = [None if g is None else g / n for g in acc]
+        if self.inject_nonfinite_at is not None:
+            bad = tf.equal(step, self.inject_nonfinite_at)
+            total_loss = tf.where(bad, tf.constant(float("nan")), total_loss)
+            acc = [None if g is None else tf.where(bad, tf.fill(tf.shape(g), float("nan")), g) for g in acc]
+        # One cross-replica sum: after the global-batch averaging above it is the true mean
+        # gradient. Everything below is identical on every replica.
+        acc = ctx.all_reduce(tf.distribute.ReduceOp.SUM, acc)
+        global_loss = ctx.all_reduce(tf.distribute.ReduceOp.SUM, total_loss)
+        loss_ok = tf.math.is_finite(global_loss)
+        grads_ok = _all_finite(acc)
+        groups = [self.group_of[i] for i in active]
+        clipped, stats = clipping.clip_gradients(acc, groups=groups, clip=self.clip)
+        self.loss_mean.update_state(global_loss)
+        for k, v in stats.items():
+            if k == "clipped":
+                self.stat_means["clipped_fraction"].update_state(v)
+            elif k in self.stat_means:
+                self.stat_means[k].update_state(v)
+        ctx.merge_call(self._cross_replica_apply, args=(clipped, loss_ok, grads_ok, active, step))
+
+    def _cross_replica_apply(self, strategy: tf.distribute.Strategy, grads: Sequence[Any], loss_ok: Any,
+                             grads_ok: Any, active: tuple[int, ...], step: tf.Tensor) -> None:
+        local = strategy.experimental_local_results
+        loss_ok = local(loss_ok)[0]
+        grads_ok = local(grads_ok)[0]
+        ok = tf.logical_and(loss_ok, grads_ok)
+        base_lr = tf.cast(self.schedule(step), tf.float32) * self.lr_factor
+        lrs = base_lr * self.lr_multipliers
+        opt = self.optimizer
+
+        def update() -> tf.Tensor:
+            for j, i in enumerate(active):
+                g = grads[j]
+                if g is None:
+                    continue
+                var = self.variables[i]
+                tv = var.value if isinstance(var, keras.Variable) else var
+                lr = lrs[i]
+                wd = self.weight_decays[i]
+                constraint = getattr(var, "constraint", None)
+
+                def fn(v, g, lr=lr, wd=wd, constraint=constraint):
+                    if wd:
+                        v.assign_sub(v * tf.cast(wd * lr, v.dtype))  # decoupled (AdamW-style)
+                    opt.update_step(g, v, tf.cast(lr, v.dtype))
+                    if constraint is not None:
+                        v.assign(constraint(v))
+
+                strategy.extended.update(tv, fn, args=(g,), group=False)
+            opt.iterations.assign_add(1)
+            if self.ema is not None:
+                d = tf.constant(self.ema_decay, tf.float32)
+                for e, i in zip(self.ema, range(len(self.variables))):
+                    src = self.variables[i]
+                    src = src.value if isinstance(src, keras.Variable) else src
+                    strategy.extended.update(e, lambda ev, sv: ev.assign(d * ev + (1.0 - d) * sv),
+                                             args=(src,), group=False)
+            return tf.constant(True)
+
+        tf.cond(ok, update, lambda: tf.constant(False))
+        if self.loss_scaling:
+            # Dynamic loss scaling: halve on overflow, double after a run of finite steps.
+            grow = tf.logical_and(ok, self.good_steps + 1 >= _GROWTH_INTERVAL)
+            self.loss_scale.assign(tf.where(ok, tf.where(grow, self.loss_scale * 2.0, self.loss_scale),
+                                            tf.maximum(self.loss_scale / 2.0, 1.0)))
+            self.good_steps.assign(tf.where(ok, tf.where(grow, tf.constant(0, tf.int64), self.good_steps + 1),
+                                            tf.constant(0, tf.int64)))
+            # A gradient overflow under fp16 is routine: skipped and counted, never a policy hit.
+            policy_hit = tf.logical_not(loss_ok)
+        else:
+            policy_hit = tf.logical_not(ok)
+        self.nonfinite_steps.assign_add(tf.cast(tf.logical_not(ok), tf.int64))
+        if self.nonfinite != "skip":
+            self.halt.assign(policy_hit)
+            self.nonfinite_step.assign(tf.where(policy_hit, step, self.nonfinite_step))
+            self.nonfinite_loss.assign(tf.logical_not(loss_ok))
+
+    def _compute_fn(self, active: tuple[int, ...]) -> Callable:
+        def compute(x, y, w):
+            return self._forward_backward(x, y, w, active)
+        if self.jit_compile:
+            return tf.function(compute, jit_compile=True, autograph=False)
+        return compute
+
+    # ------------------------------------------------------------------ loops
+
+    def train_loop(self, iterator: Any, num_steps: tf.Tensor, active: Sequence[int]) -> Any:
+        """Runs up to `num_steps` optimizer steps in one compiled call; returns steps done.
+
+        `active` lists the indices of the variables that train: the frozen set is part of the
+        trace, so a phase change costs one retrace and a shorter loop none.
+        """
+        key = tuple(active)
+        fn = self._train_fns.get(key)
+        if fn is None:
+            fn = self._make_train_loop(key)
+            self._train_fns[key] = fn
+        return fn(iterator, tf.convert_to_tensor(num_steps, tf.int64))
+
+    def _make_train_loop(self, active: tuple[int, ...]) -> Callable:
+        strategy = self.strategy
+        n_micro = self.accumulation_steps
+
+        @tf.function
+        def loop(iterator, num_steps):
+            self.traces["train"] += 1
+            self.halt.assign(False)
+            i = tf.constant(0, tf.int64)
+            while tf.logical_and(i < num_steps, tf.logical_not(self.halt)):
+                batches = [next(iterator) for _ in range(n_micro)]
+                step = self.global_step.read_value()
+                strategy.run(self._replica_train, args=(batches, active, step))
+                if not self.halt:
+                    self.global_step.assign_add(1)
+                i += 1
+            return i
+
+        return loop
+
+    def eval_loop(self, iterator: Any, num_batches: tf.Tensor) -> Any:
+        """Evaluates `num_batches` global batches in one compiled call."""
+        if self._eval_fn is None:
+            strategy = self.strategy
+
+            def replica_eval(batch):
+                x, y, w = batch
+                pred = tf.cast(self.model(x, training=False), tf.float32)
+                y2 = _match_labels(y, pred)
+                per_example = self.loss_fn(y2, pred)
+                per_example = tf.reduce_mean(tf.reshape(per_example, [tf.shape(per_example)[0], -1]), axis=-1)
+                self.eval_loss_mean.update_state(per_example, sample_weight=w)
+                for m in self.eval_metrics.values():
+                    m.update_state(y2, pred, sample_weight=w)
+
+            @tf.function
+            def loop(iterator, num_batches):
+                self.traces["eval"] += 1
+                for _ in tf.range(num_batches):
+                    strategy.run(replica_eval, args=(next(iterator),))
+                return num_batches
+
+            self._eval_fn = loop
+        return self._eval_fn(iterator, tf.convert_to_tensor(num_batches, tf.int64))
+
+    # ------------------------------------------------------------------ EMA swap
+
+    def swap_ema(self) -> None:
+        """Exchanges model weights and EMA weights (call twice to swap back)."""
+        if self.ema is None:
+            return
+        for e, v in zip(self.ema, self.variables):
+            tv = v.value if isinstance(v, keras.Variable) else v
+            tmp = tv.read_value()
+            tv.assign(e.read_value())
+            e.assign(tmp)

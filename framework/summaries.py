@@ -1,0 +1,94 @@
+"""TensorBoard writers for `train/` and `eval/`, the config as text, the per-loop log line.
+
+Everything here runs in Python between compiled inner loops, on values already copied to the
+host once per loop.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Mapping
+
+import tensorflow as tf
+from absl import logging
+
+
+def format_duration(seconds: float) -> str:
+    """'1h02m', '1m02s', '12s'."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    if h:
+        return f"{h}h{m:02d}m"
+    if m:
+        return f"{m}m{s:02d}s"
+    return f"{s}s"
+
+
+def _fmt(v: float) -> str:
+    if v == 0 or not math.isfinite(v):
+        return f"{v:g}"
+    if abs(v) >= 1000 or abs(v) < 1e-3:
+        return f"{v:.3e}"
+    return f"{v:.4f}"
+
+
+def log_line(kind: str, *, step: int, total: int, values: Mapping[str, float],
+             examples_per_sec: float | None = None, eta_s: float | None = None) -> str:
+    """The greppable per-loop line: `train | step 300/2000 | loss 0.123 | ... | 5,120 ex/s | eta 1m02s`."""
+    parts = [kind, f"step {step}/{total}"]
+    parts += [f"{k} {_fmt(float(v))}" for k, v in values.items()]
+    if examples_per_sec is not None:
+        parts.append(f"{examples_per_sec:,.0f} ex/s")
+    if eta_s is not None:
+        parts.append(f"eta {format_duration(eta_s)}")
+    return " | ".join(parts)
+
+
+class Summaries:
+    """Scalar writers for the `train` and `eval` runs of one model_dir."""
+
+    def __init__(self, *, model_dir: str) -> None:
+        self.model_dir = model_dir
+        self._writers: dict[str, Any] = {}
+
+    def writer(self, run: str) -> Any:
+        if run not in self._writers:
+            self._writers[run] = tf.summary.create_file_writer(os.path.join(self.model_dir, run))
+        return self._writers[run]
+
+    def scalars(self, run: str, step: int, values: Mapping[str, float]) -> None:
+        """Writes one scalar per tag at `step` under `run` (train or eval)."""
+        w = self.writer(run)
+        with w.as_default(step=step):
+            for tag, v in values.items():
+                tf.summary.scalar(tag, float(v))
+        w.flush()
+
+    def text(self, run: str, tag: str, text: str, step: int = 0) -> None:
+        w = self.writer(run)
+        with w.as_default(step=step):
+            # Markdown code block keeps YAML indentation in TensorBoard's text plugin.
+            tf.summary.text(tag, "```\n" + text + "\n```")
+        w.flush()
+
+    def close(self) -> None:
+        for w in self._writers.values():
+            w.close()
+        self._writers.clear()
+
+
+def write_json(path: str, data: Mapping[str, Any]) -> None:
+    """Writes JSON atomically (a reader never sees a half-written file)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def log(line: str) -> None:
+    logging.info("%s", line)

@@ -1,0 +1,227 @@
+"""Builds one run from a resolved config: data, model, loss, metrics, optimizer, groups, steps.
+
+Every Keras object is created inside `strategy.scope()` and the optimizer is built eagerly on
+the trainable variables before anything is traced (DESIGN.md trap 2). Checks that need the
+data (label range, shapes) run here, before the first compiled step.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from framework import distribute as dist
+from framework import losses as losses_lib
+from framework import metrics as metrics_lib
+from framework import registry
+from framework.config import ExperimentConfig
+from framework.data import pipeline
+from framework.optim import groups as groups_lib
+from framework.optim import optimizers as optimizers_lib
+from framework.optim import schedules as schedules_lib
+from framework.step import Steps
+
+
+@dataclasses.dataclass
+class Trainer:
+    """Everything built for one run (the controller drives it)."""
+
+    cfg: ExperimentConfig
+    strategy: tf.distribute.Strategy
+    model: keras.Model
+    loss_fn: Any
+    optimizer: keras.optimizers.Optimizer
+    groups: groups_lib.GroupTable
+    steps: Steps
+    global_step: tf.Variable
+    lr_multipliers: tf.Variable
+    lr_factor: tf.Variable
+    schedule: Callable[[Any], Any]
+    total_steps: int
+    num_train_examples: int
+    num_classes: int | None
+    train_source: tf.data.Dataset
+    eval_source: tf.data.Dataset | None
+    num_eval_examples: int
+    batches_per_step: int
+    jit_reason: str
+
+    def train_dataset(self, *, start_step: int) -> Any:
+        """Distributed training batches positioned at `start_step` (exact resume)."""
+        d = self.cfg.task.train_data
+        n = self.num_train_examples
+
+        def make() -> tf.data.Dataset:
+            return pipeline.train_stream(
+                self.train_source, global_batch=d.batch_size, seed=self.cfg.trainer.seed,
+                shuffle_buffer=d.shuffle_buffer, cache=d.cache, num_examples=n,
+                start_batch=start_step * self.batches_per_step)
+
+        return pipeline.distribute(self.strategy, make)
+
+    def eval_dataset(self) -> tuple[Any, int]:
+        """(distributed eval batches, number of batches to run)."""
+        d = self.cfg.task.eval_data
+        holder = {}
+
+        def make() -> tf.data.Dataset:
+            ds, nb = pipeline.eval_batches(self.eval_source, global_batch=d.batch_size, cache=d.cache,
+                                           num_examples=self.num_eval_examples)
+            holder["n"] = nb
+            return ds
+
+        ds = pipeline.distribute(self.strategy, make)
+        nb = math.ceil(self.num_eval_examples / d.batch_size)
+        if self.cfg.trainer.eval_steps is not None:
+            nb = min(nb, self.cfg.trainer.eval_steps)
+        return ds, nb
+
+    def group_lrs(self, step: int) -> dict[str, float]:
+        """Current learning rate of every parameter group (for summaries and the log)."""
+        base = float(self.schedule(tf.constant(step, tf.int64))) * float(self.lr_factor.numpy())
+        mult = self.lr_multipliers.numpy()
+        out = {}
+        for g in self.groups.groups:
+            out[g.name] = base * float(mult[g.indices[0]]) if g.indices else base * g.lr_multiplier
+        return out
+
+
+def _dataset(cfg_section: Any, split: str, section: str) -> tf.data.Dataset:
+    factory = registry.DATASETS.get(cfg_section.name)
+    registry.check_kwargs(factory, cfg_section.kwargs, section=section, reserved=("split",))
+    ds = factory(split=split, **cfg_section.kwargs)
+    if not isinstance(ds, tf.data.Dataset):
+        raise ValueError(f"{section}: dataset factory {cfg_section.name!r} must return a tf.data.Dataset; "
+                         f"got {type(ds).__name__}")
+    return pipeline.with_weights(ds)
+
+
+def _output_units(model: keras.Model) -> int | None:
+    shape = model.outputs[0].shape if getattr(model, "outputs", None) else None
+    return None if shape is None else shape[-1]
+
+
+def class_weight_vector(spec: Any, labels: np.ndarray, num_classes: int) -> list[float] | None:
+    """Per-class weights from `task.class_weight` (null, 'balanced' or {class: weight})."""
+    if spec is None:
+        return None
+    if spec == "balanced":
+        counts = np.bincount(labels.reshape(-1).astype(np.int64), minlength=num_classes).astype(np.float64)
+        n = counts.sum()
+        return [float(n / (num_classes * c)) if c else 0.0 for c in counts]
+    out = [1.0] * num_classes
+    for k, v in spec.items():
+        k = int(k)
+        if not 0 <= k < num_classes:
+            raise ValueError(f"task.class_weight: class {k} is outside [0, {num_classes}); got {spec!r}")
+        out[k] = float(v)
+    return out
+
+
+def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, *,
+          inject_nonfinite_at: int | None = None) -> Trainer:
+    """Builds the run described by `cfg` under `strategy`."""
+    t, tr, o = cfg.task, cfg.trainer, cfg.optimizer
+    replicas = strategy.num_replicas_in_sync
+    for key, d in (("task.train_data", t.train_data), ("task.eval_data", t.eval_data)):
+        if d.batch_size % replicas:
+            raise ValueError(f"{key}.batch_size: the global batch must divide evenly over "
+                             f"{replicas} replicas; got {d.batch_size}")
+    if tr.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(tr.seed)
+    if cfg.runtime.precision != "float32":
+        keras.mixed_precision.set_global_policy(cfg.runtime.precision)
+    else:
+        keras.mixed_precision.set_global_policy("float32")
+
+    train_source = _dataset(t.train_data, "train", "task.train_data")
+    n_train = pipeline.count(train_source, name="task.train_data")
+    eval_source, n_eval = None, 0
+    if t.eval_data.name:
+        eval_source = _dataset(t.eval_data, "eval", "task.eval_data")
+        n_eval = pipeline.count(eval_source, name="task.eval_data")
+        if n_eval < 0:
+            raise ValueError("task.eval_data: the eval dataset is infinite; it must be finite")
+    batches_per_step = o.accumulation_steps
+    if tr.train_epochs is not None:
+        if n_train < 0:
+            raise ValueError(f"trainer.train_epochs: the training set is infinite; use trainer.train_steps; "
+                             f"got train_epochs={tr.train_epochs}")
+        total_steps = max(1, math.ceil(tr.train_epochs * n_train / (t.train_data.batch_size * batches_per_step)))
+    else:
+        total_steps = tr.train_steps
+
+    x_spec = train_source.element_spec[0]
+    with strategy.scope():
+        model = registry.build(registry.MODELS, t.model.name, t.model.kwargs, section="task.model")
+        if not isinstance(model, keras.Model):
+            raise ValueError(f"task.model: factory {t.model.name!r} must return a keras.Model; "
+                             f"got {type(model).__name__}")
+        dummy = tf.nest.map_structure(lambda s: tf.zeros([1, *s.shape], s.dtype), x_spec)
+        model(dummy, training=False)  # creates every variable inside the scope
+        loss_fn = registry.build(registry.LOSSES, t.loss.name, t.loss.kwargs, section="task.loss")
+        units = _output_units(model)
+        if units is None:
+            units = int(model(dummy, training=False).shape[-1])
+        from_logits = losses_lib.loss_from_logits(loss_fn)
+        num_classes = units
+        train_metrics = metrics_lib.build(list(t.metrics), num_classes=num_classes, from_logits=from_logits)
+        eval_metrics = metrics_lib.build(list(t.metrics), num_classes=num_classes, from_logits=from_logits)
+
+    sparse = "sparse" in t.loss.name
+    class_weights = None
+    if sparse or t.class_weight is not None:
+        labels = pipeline.labels_array(train_source) if n_train > 0 else np.zeros([0], np.int64)
+        if sparse:
+            pipeline.check_sparse_labels(labels, num_classes=units, name="task.train_data")
+            if eval_source is not None:
+                pipeline.check_sparse_labels(pipeline.labels_array(eval_source), num_classes=units,
+                                             name="task.eval_data")
+        if t.class_weight is not None:
+            ncls = units if units > 1 else 2
+            class_weights = class_weight_vector(t.class_weight, labels, ncls)
+
+    variables = list(model.trainable_variables)
+    if not variables:
+        raise ValueError(f"task.model: {t.model.name!r} has no trainable variables")
+    table = groups_lib.resolve(variables, o)
+    group_mults = [g.lr_multiplier for g in table.groups]
+    wd_default = o.weight_decay if o.weight_decay is not None else \
+        optimizers_lib.default_weight_decay(o.name, o.kwargs)
+    opt_kwargs = {k: v for k, v in o.kwargs.items() if k != "weight_decay" or o.name != "adamw"}
+    with strategy.scope():
+        optimizer = registry.build(registry.OPTIMIZERS, o.name, opt_kwargs, section="optimizer",
+                                   extra={"learning_rate": o.learning_rate})
+        optimizer.build(variables)  # eagerly, in scope, before any trace (trap 2)
+        global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        lr_factor = tf.Variable(1.0, dtype=tf.float32, trainable=False, name="lr_factor")
+        lr_multipliers = tf.Variable(table.multipliers(group_multipliers=group_mults, layer_decay=o.layer_decay),
+                                     trainable=False, name="lr_multipliers")
+    schedule = schedules_lib.build(o, total_steps=max(total_steps, 1))
+    jit, reason = dist.jit_allowed(strategy, tr.jit_compile, model_has_conv=_has_conv(model))
+    steps = Steps(strategy=strategy, model=model, loss_fn=loss_fn, optimizer=optimizer, variables=variables,
+                  weight_decays=table.weight_decays(default=wd_default), lr_multipliers=lr_multipliers,
+                  schedule=schedule, lr_factor=lr_factor, global_step=global_step,
+                  global_batch=t.train_data.batch_size, train_metrics=train_metrics, eval_metrics=eval_metrics,
+                  clip=o.clip, group_of=table.group_of, num_groups=len(table.groups),
+                  accumulation_steps=o.accumulation_steps, class_weights=class_weights,
+                  nonfinite=tr.nonfinite, loss_scaling=cfg.runtime.precision == "mixed_float16",
+                  initial_loss_scale=cfg.runtime.initial_loss_scale, ema_decay=tr.ema_decay,
+                  jit_compile=jit, inject_nonfinite_at=inject_nonfinite_at)
+    logging.info("model %s: %s parameters; jit_compile=%s (%s)", t.model.name,
+                 f"{model.count_params():,}", jit, reason)
+    return Trainer(cfg=cfg, strategy=strategy, model=model, loss_fn=loss_fn, optimizer=optimizer,
+                   groups=table, steps=steps, global_step=global_step, lr_multipliers=lr_multipliers,
+                   lr_factor=lr_factor, schedule=schedule, total_steps=total_steps, num_train_examples=n_train,
+                   num_classes=num_classes, train_source=train_source, eval_source=eval_source,
+                   num_eval_examples=n_eval, batches_per_step=batches_per_step, jit_reason=reason)
+
+
+def _has_conv(model: keras.Model) -> bool:
+    return any("conv" in type(layer).__name__.lower() for layer in model._flatten_layers())

@@ -1,0 +1,11 @@
+"""Shared fixtures: two logical CPU devices (distribution without a GPU) and temp dirs."""
+import tensorflow as tf
+
+
+def pytest_configure(config):
+    # Must run before TensorFlow initializes its devices (i.e. before any test module runs).
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+    except RuntimeError:
+        pass

@@ -1,0 +1,92 @@
+"""The compiled step and inner loop: closed-form update, K-in-one equals K-single, trace counts."""
+import numpy as np
+import tensorflow as tf
+
+from framework import trainer as trainer_lib
+from tests import _components as C
+
+
+def _build(cfg, strategy=None):
+    return trainer_lib.build(cfg, strategy or tf.distribute.get_strategy())
+
+
+def _iter(t, start=0):
+    return iter(t.train_dataset(start_step=start))
+
+
+def _active(t):
+    return list(range(len(t.groups.variables)))
+
+
+def test_one_sgd_step_equals_closed_form():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(8, 3)).astype(np.float32)
+    y = rng.normal(size=(8,)).astype(np.float32)
+    C.set_arrays("sgd", x, y)
+    cfg = C.make_config(task={"model": {"units": 1}, "train_data": {"key": "sgd", "batch_size": 8,
+                                                                   "shuffle_buffer": 0},
+                              "eval_data": {"name": ""}, "loss": {"name": "mse"}, "metrics": []},
+                        optimizer={"name": "sgd", "learning_rate": 0.05})
+    t = _build(cfg)
+    w0 = t.model.get_layer("out").kernel.numpy().copy()
+    b0 = t.model.get_layer("out").bias.numpy().copy()
+    t.steps.train_loop(_iter(t), 1, _active(t))
+    resid = x @ w0[:, 0] + b0[0] - y  # [B]
+    grad_w = 2.0 / 8 * x.T @ resid
+    grad_b = 2.0 / 8 * resid.sum()
+    np.testing.assert_allclose(t.model.get_layer("out").kernel.numpy()[:, 0], w0[:, 0] - 0.05 * grad_w, rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(t.model.get_layer("out").bias.numpy()[0], b0[0] - 0.05 * grad_b, rtol=1e-5, atol=1e-6)
+    assert int(t.global_step.numpy()) == 1
+    assert int(t.optimizer.iterations.numpy()) == 1
+
+
+def test_k_steps_in_one_call_equal_k_single_calls():
+    x, y = C.toy_classification(n=64)
+    C.set_arrays("k", x, y)
+    cfg = C.make_config(task={"train_data": {"key": "k"}, "eval_data": {"name": ""}},
+                        optimizer={"name": "adam", "learning_rate": 0.01})
+    a, b = _build(cfg), _build(cfg)
+    np.testing.assert_array_equal(a.model.get_layer("out").kernel.numpy(), b.model.get_layer("out").kernel.numpy())
+    a.steps.train_loop(_iter(a), 7, _active(a))
+    it = _iter(b)
+    for _ in range(7):
+        b.steps.train_loop(it, 1, _active(b))
+    for va, vb in zip(a.model.variables, b.model.variables):
+        np.testing.assert_array_equal(va.numpy(), vb.numpy())
+    for va, vb in zip(a.optimizer.variables, b.optimizer.variables):
+        np.testing.assert_array_equal(va.numpy(), vb.numpy())
+    assert int(a.global_step.numpy()) == int(b.global_step.numpy()) == 7
+
+
+def test_no_retrace_across_loops_short_last_loop_and_partial_eval_batch():
+    x, y = C.toy_classification(n=50)  # 50 eval examples at batch 16: a partial last batch
+    C.set_arrays("tr", x, y)
+    cfg = C.make_config(task={"train_data": {"key": "tr"}, "eval_data": {"key": "tr"}})
+    t = _build(cfg)
+    it = _iter(t)
+    for n in (5, 5, 3):  # the last loop is shorter
+        t.steps.train_loop(it, n, _active(t))
+    assert int(t.global_step.numpy()) == 13
+    assert t.steps.traces["train"] == 1
+    ds, nb = t.eval_dataset()
+    assert nb == 4
+    for _ in range(3):
+        t.steps.eval_loop(iter(ds), nb)
+    assert t.steps.traces["eval"] == 1
+
+
+def test_eval_covers_whole_set_once_padding_excluded():
+    x, y = C.toy_classification(n=50)
+    C.set_arrays("ev", x, y)
+    cfg = C.make_config(task={"train_data": {"key": "ev"}, "eval_data": {"key": "ev"}})
+    t = _build(cfg)
+    ds, nb = t.eval_dataset()
+    t.steps.reset_eval_metrics()
+    t.steps.eval_loop(iter(ds), nb)
+    logits = t.model(x, training=False).numpy()
+    acc = float(np.mean(np.argmax(logits, 1) == y))
+    ce = -np.log(np.exp(logits - logits.max(1, keepdims=True))[np.arange(50), y] /
+                 np.exp(logits - logits.max(1, keepdims=True)).sum(1))
+    assert abs(float(t.steps.eval_metrics["accuracy"].result()) - acc) < 1e-6
+    assert abs(float(t.steps.eval_loss_mean.result()) - ce.mean()) < 1e-5
