@@ -1,7 +1,8 @@
 """Checkpoint manager: everything a resume needs, restore-or-init, fallback past a corrupt file.
 
-A checkpoint holds the step, the model (Keras's Dropout RNG `seed_generator_state` variables
-included explicitly: a plain `Checkpoint(model=...)` misses them, DESIGN.md trap 9), the
+A checkpoint holds the step, every model variable by position (Keras's Dropout RNG
+`seed_generator_state` variables included: a plain `Checkpoint(model=...)` misses them,
+DESIGN.md trap 9) with their paths for transfer learning, the
 optimizer, the trainer's own state variables and the hooks' state as a JSON string. The input
 position is not saved: the pipeline is a deterministic function of the step (trap 10).
 
@@ -19,15 +20,6 @@ from typing import Any, Callable, Mapping
 
 import tensorflow as tf
 from absl import logging
-
-
-def rng_variables(model: Any) -> list[tf.Variable]:
-    """The model's RNG state variables (Keras SeedGenerator states, e.g. Dropout's)."""
-    out = []
-    for v in model.variables:
-        if "seed_generator" in v.path:
-            out.append(v.value if hasattr(v, "value") else v)
-    return out
 
 
 class CheckpointError(RuntimeError):
@@ -98,17 +90,33 @@ class Checkpointer:
             f"to start from scratch over them (move them away to start over); got: {'; '.join(errors)}")
 
 
+def model_objects(model: Any) -> dict[str, Any]:
+    """Checkpoint entries for a model: its variables by position, and their paths as JSON.
+
+    Positions (not paths) identify variables for resume: Keras auto-names layers and RNG
+    seed generators with process-wide counters, so paths can differ between two builds in
+    one process. The stored paths let `load_weights` map variables into another model.
+    """
+    variables = [v.value if hasattr(v, "value") else v for v in model.variables]
+    paths = tf.Variable(json.dumps([v.path for v in model.variables]), dtype=tf.string, trainable=False,
+                        name="model_paths")
+    return {"model": variables, "model_paths": paths}
+
+
+_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+
+
 def load_weights(model: Any, path: str, *, mapping: list[Mapping[str, str]] | None = None) -> list[str]:
     """Initializes `model` from the variables of a tapeline checkpoint (transfer learning).
 
-    Variables are matched by path (`model_weights/...` entries of the checkpoint); `mapping` rules
-    `{"from": regex, "to": replacement}` rewrite this model's paths to the checkpoint's.
+    Variables are matched by path; `mapping` rules `{"from": regex, "to": replacement}` rewrite
+    this model's paths into the checkpoint's before matching. Shapes must agree.
 
     Returns:
       Paths of the model variables that were loaded.
 
     Raises:
-      ValueError: the path is not a checkpoint, or no variable matched (naming both).
+      ValueError: the path is not a tapeline checkpoint, or no variable matched (naming both).
     """
     if os.path.isdir(path):
         found = tf.train.latest_checkpoint(path)
@@ -117,34 +125,29 @@ def load_weights(model: Any, path: str, *, mapping: list[Mapping[str, str]] | No
         path = found
     try:
         reader = tf.train.load_checkpoint(path)
+        paths = json.loads(reader.get_tensor("model_paths" + _SUFFIX).decode("utf-8"))
     except (tf.errors.OpError, ValueError) as e:
-        raise ValueError(f"task.init_checkpoint: cannot read checkpoint ({e}); got {path!r}") from None
+        raise ValueError(f"task.init_checkpoint: not a readable tapeline checkpoint "
+                         f"({str(e).splitlines()[0]}); got {path!r}") from None
     shapes = reader.get_variable_to_shape_map()
-    by_path = {}
-    for key in shapes:
-        if key.startswith("model_weights/") and key.endswith("/.ATTRIBUTES/VARIABLE_VALUE"):
-            by_path[_unescape(key[len("model_weights/"):-len("/.ATTRIBUTES/VARIABLE_VALUE")])] = key
-    loaded = []
+    by_path = {p: f"model/{i}{_SUFFIX}" for i, p in enumerate(paths)}
+    loaded, mismatched = [], []
     for v in model.variables:
+        if "seed_generator" in v.path:
+            continue  # RNG state belongs to a run, not to the weights
         p = v.path
         for rule in mapping or []:
             p = re.sub(rule["from"], rule["to"], p)
         key = by_path.get(p)
-        if key is not None and tuple(shapes[key]) == tuple(v.shape):
-            v.assign(reader.get_tensor(key))
-            loaded.append(v.path)
+        if key is None:
+            continue
+        if tuple(shapes[key]) != tuple(v.shape):
+            mismatched.append(f"{v.path} {tuple(v.shape)} vs {p} {tuple(shapes[key])}")
+            continue
+        v.assign(reader.get_tensor(key))
+        loaded.append(v.path)
     if not loaded:
         raise ValueError(f"task.init_checkpoint: no variable of the model matches the checkpoint; model paths "
-                         f"like {[v.path for v in model.variables][:4]}, checkpoint paths like "
-                         f"{sorted(by_path)[:4]}; got {path!r}")
+                         f"like {[v.path for v in model.variables][:4]}, checkpoint paths like {paths[:4]}"
+                         f"{'; shape mismatches: ' + '; '.join(mismatched[:4]) if mismatched else ''}; got {path!r}")
     return loaded
-
-
-def weights_by_path(model: Any) -> dict[str, tf.Variable]:
-    """Model variables keyed by path, saved under `model_weights` for transfer learning."""
-    return {v.path: (v.value if hasattr(v, "value") else v) for v in model.variables}
-
-
-def _unescape(name: str) -> str:
-    """Inverts tf.train.Checkpoint's key escaping ('.' -> '..', '/' -> '.S')."""
-    return re.sub(r"\.(.)", lambda m: "/" if m.group(1) == "S" else m.group(1), name)

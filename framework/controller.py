@@ -8,8 +8,9 @@ returns at once.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
+import signal
+import threading
 import time
 from typing import Any, Sequence
 
@@ -18,6 +19,7 @@ import tensorflow as tf
 from absl import logging
 
 from framework import checkpoint as ckpt_lib
+from framework import metrics as metrics_lib
 from framework import summaries as summ
 from framework.hooks import RunContext
 from framework.trainer import Trainer
@@ -92,9 +94,9 @@ class Controller:
         self.save_checkpoints = save_checkpoints
         self.phases = resolve_phases(trainer)
         self.ctx = RunContext(controller=self)
-        # Model variables by path (Dropout RNG states included, trap 9); clean keys also let
-        # task.init_checkpoint load them into another model by path.
-        objects = {"model_weights": ckpt_lib.weights_by_path(trainer.model), "step": trainer.global_step,
+        # Every model variable, Dropout RNG states included (trap 9), plus their paths so that
+        # task.init_checkpoint can load them into another model by path.
+        objects = {**ckpt_lib.model_objects(trainer.model), "step": trainer.global_step,
                    "optimizer": trainer.optimizer, "lr_factor": trainer.lr_factor,
                    "trainer_state": trainer.steps.state()}
         self.checkpointer = ckpt_lib.Checkpointer(
@@ -104,6 +106,18 @@ class Controller:
         self._train_iter = None
         self._eval_ds = None
         self._restores = 0
+        self._preempted = threading.Event()
+
+    def handle_sigterm(self) -> None:
+        """On SIGTERM, finish the current inner loop, checkpoint and stop (preemption)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum, frame):  # noqa: ARG001 - signal API
+            logging.warning("SIGTERM: checkpointing at the end of this loop, then exiting")
+            self._preempted.set()
+
+        signal.signal(signal.SIGTERM, handler)
 
     # ----------------------------------------------------------------- hook plumbing
 
@@ -134,7 +148,26 @@ class Controller:
         group_mults = [mult[g.name] if trainable[g.name] else 0.0 for g in table.groups]
         per_var = table.multipliers(group_multipliers=group_mults, layer_decay=self.cfg.optimizer.layer_decay)
         active = [i for i in range(len(table.variables)) if group_mults[table.group_of[i]] != 0.0]
+        if self.cfg.trainer.freeze_bn_in_frozen_groups:
+            self._set_bn_modes(set(active))
         return active, per_var
+
+    def _set_bn_modes(self, active: set[int]) -> None:
+        """Batch-norm layers whose weights are all frozen run in inference mode.
+
+        Keras BN uses batch statistics only when `training and layer.trainable`; the flag is
+        read at trace time, and a change of the frozen set retraces anyway (one per phase).
+        """
+        index = {id(v): i for i, v in enumerate(self.t.groups.variables)}
+        for layer in self.t.model._flatten_layers(include_self=False):
+            if "BatchNormalization" not in type(layer).__name__:
+                continue
+            weights = (getattr(layer, "gamma", None), getattr(layer, "beta", None))
+            ids = [index.get(id(v)) for v in weights if v is not None]
+            ids = [i for i in ids if i is not None]
+            if ids:
+                frozen = not any(i in active for i in ids)
+                layer.trainable = not frozen
 
     def _next_phase_start(self, step: int) -> int | None:
         for ph in self.phases:
@@ -166,6 +199,7 @@ class Controller:
             return step
         self.summaries.text("train", "config", _config_text(self.cfg), step=step)
         self.summaries.text("train", "param_groups", self.t.groups.format(), step=step)
+        self.t.groups.write(os.path.join(self.model_dir, "param_groups.json"))
         self._dispatch("begin")
         dist_ds = self.t.train_dataset(start_step=step)
         self._train_iter = iter(dist_ds)
@@ -199,11 +233,13 @@ class Controller:
             self.summaries.scalars("train", step, {**values, **rates})
             elapsed = time.monotonic() - start_time
             eta = elapsed / max(step - start_step, 1) * (total - step)
-            shown = {k: v for k, v in values.items() if "/" not in k and k not in ("grad_norm_clipped",)}
+            shown = {k: v for k, v in values.items() if "/" not in k and k not in ("grad_norm_clipped", "clipped_fraction")}
             summ.log(summ.log_line("train", step=step, total=total, values=shown,
                                    examples_per_sec=rates["examples_per_sec"], eta_s=eta))
             self.ctx.train_logs = values
             self._dispatch("train_loop_end")
+            if self._preempted.is_set():
+                self.ctx.request_stop("preempted (SIGTERM)")
             at_end = step >= total or self.ctx.stop_requested
             if evaluate and (step % tr.eval_interval == 0 or at_end):
                 self.evaluate(step=step)
@@ -244,7 +280,9 @@ class Controller:
         s = self.t.steps
         out = {"loss": float(s.loss_mean.result())}
         for name, m in s.train_metrics.items():
-            out[name] = float(m.result())
+            v = metrics_lib.scalar(m.result())
+            if v is not None:
+                out[name] = v
         for k, m in s.stat_means.items():
             if k.startswith("grad_norm/"):
                 gi = int(k.split("/")[1])
@@ -273,7 +311,9 @@ class Controller:
             s.swap_ema()
         values = {"loss": float(s.eval_loss_mean.result())}
         for name, m in s.eval_metrics.items():
-            values[name] = float(m.result())
+            v = metrics_lib.scalar(m.result())
+            if v is not None:
+                values[name] = v
         self.summaries.scalars("eval", step, values)
         summ.log(summ.log_line("eval", step=step, total=self.t.total_steps, values=values))
         self.last_eval = values

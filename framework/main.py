@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 from typing import Any, Sequence
 
 from absl import app, flags, logging
@@ -90,11 +92,38 @@ def run(cfg: Any, *, model_dir: str, mode: str) -> dict[str, Any]:
         raise UserError(str(e)) from None
     if cfg.runtime.cpu_replicas:
         dist.setup_logical_cpus(cfg.runtime.cpu_replicas)
-    if mode != "lr_find":
+    chief = is_chief(cfg.runtime.strategy)
+    if mode != "lr_find" and chief:
         config_lib.save(cfg, os.path.join(model_dir, "params.yaml"))
     strategy = dist.make_strategy(cfg.runtime)
     logging.info("strategy: %s", dist.describe(strategy))
+    if chief:
+        return _run_built(cfg, strategy, model_dir=model_dir, mode=mode)
+    # Non-chief multi-worker processes take part in every collective (saves included) but
+    # write into a temporary directory that is removed: only the chief's outputs are real.
+    scratch = tempfile.mkdtemp(prefix="tapeline-worker-")
+    try:
+        # Start from the chief's checkpoints (resume, eval): workers must restore the same step.
+        for f in os.listdir(model_dir):
+            if f == "checkpoint" or f.startswith("ckpt-"):
+                shutil.copy2(os.path.join(model_dir, f), scratch)
+        return _run_built(cfg, strategy, model_dir=scratch, mode=mode)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
+
+def is_chief(strategy_name: str) -> bool:
+    """Whether this process writes the run's outputs (always, except non-chief multi-workers)."""
+    if strategy_name != "multi_worker":
+        return True
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    task = tf_config.get("task", {})
+    has_chief = bool(tf_config.get("cluster", {}).get("chief"))
+    return task.get("type") == "chief" or (not has_chief and task.get("type") == "worker"
+                                            and int(task.get("index", 0)) == 0)
+
+
+def _run_built(cfg: Any, strategy: Any, *, model_dir: str, mode: str) -> dict[str, Any]:
     from framework import controller as controller_lib
     from framework import registry
     from framework import trainer as trainer_lib
@@ -112,6 +141,7 @@ def run(cfg: Any, *, model_dir: str, mode: str) -> dict[str, Any]:
 
         return lr_find.run(trainer, model_dir=model_dir)
     ctl = controller_lib.Controller(trainer=trainer, model_dir=model_dir, hooks=hooks)
+    ctl.handle_sigterm()
     if mode == "eval":
         if ctl.restore() == 0 and not ctl.checkpointer.latest:
             raise UserError(f"--mode=eval: no checkpoint in --model_dir; got {model_dir!r}")

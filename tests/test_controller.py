@@ -32,8 +32,12 @@ def _cfg(steps, **kw):
 def test_resume_equals_straight_run(tmp_path):
     straight, _, step = _run(_cfg(24), tmp_path / "a")
     assert step == 24
-    # Same run interrupted at 16 (a checkpoint boundary), then restarted with the same command.
-    _, _, s1 = _run(_cfg(16), tmp_path / "b")
+    # The same run interrupted at 16 (as a preemption would), then restarted with the same config.
+    def stop_at_16(event, ctx):
+        if event == "train_loop_end" and ctx.step >= 16:
+            ctx.request_stop("test interruption")
+
+    _, _, s1 = _run(_cfg(24), tmp_path / "b", hooks=[stop_at_16])
     assert s1 == 16
     resumed, ctl, s2 = _run(_cfg(24), tmp_path / "b")
     assert s2 == 24
@@ -47,8 +51,11 @@ def test_resume_equals_straight_run(tmp_path):
 
 def test_rng_state_is_in_the_checkpoint(tmp_path):
     t, ctl, _ = _run(_cfg(8), tmp_path)
-    keys = [k for k, _ in tf.train.list_variables(ctl.checkpointer.latest)]
-    assert any("seed_generator_state" in k for k in keys), keys
+    reader = tf.train.load_checkpoint(ctl.checkpointer.latest)
+    paths = json.loads(reader.get_tensor("model_paths/.ATTRIBUTES/VARIABLE_VALUE").decode())
+    i = next(i for i, p in enumerate(paths) if "seed_generator_state" in p)
+    rng = [v for v in t.model.variables if "seed_generator_state" in v.path][0]
+    np.testing.assert_array_equal(reader.get_tensor(f"model/{i}/.ATTRIBUTES/VARIABLE_VALUE"), rng.numpy())
 
 
 def test_finished_run_returns_at_once(tmp_path):

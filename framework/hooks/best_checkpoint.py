@@ -7,6 +7,7 @@ import os
 import tensorflow as tf
 from absl import logging
 
+from framework import checkpoint as ckpt_lib
 from framework import registry
 from framework.hooks.context import RunContext
 from framework.hooks.early_stopping import resolve_mode
@@ -50,7 +51,7 @@ class BestCheckpoint:
         d = self._dir(ctx)
         os.makedirs(d, exist_ok=True)
         if self._ckpt is None:
-            self._ckpt = tf.train.Checkpoint(model_weights={v.path: v.value for v in ctx.model.variables})
+            self._ckpt = tf.train.Checkpoint(**ckpt_lib.model_objects(ctx.model))
         prefix = self._ckpt.write(os.path.join(d, f"ckpt-{ctx.step}"))
         ranked.append({"step": ctx.step, "value": value, "monitor": self.monitor, "path": os.path.basename(prefix),
                        "metrics": dict(ctx.eval_logs)})

@@ -1,0 +1,117 @@
+"""Local multi-worker launcher: N worker processes on 127.0.0.1 with free ports and TF_CONFIG.
+
+    python -m framework.launch --workers=2 [--timeout_s=600] -- --experiment=digits_cnn --model_dir=runs/mw
+
+Each worker runs `python -m framework.main <flags> --strategy=multi_worker`. Worker 0 is the
+chief: it alone writes into `--model_dir`; the others write to temporary directories that
+are removed. If one worker fails or the time limit passes, the others are stopped: the
+launcher never hangs and exits non-zero.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from typing import Sequence
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def tf_configs(ports: Sequence[int]) -> list[str]:
+    """One TF_CONFIG per worker (index i) for a cluster of workers on loopback."""
+    workers = [f"127.0.0.1:{p}" for p in ports]
+    return [json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})
+            for i in range(len(ports))]
+
+
+def launch(*, workers: int, main_args: Sequence[str], timeout_s: float = 600.0,
+           python: str = sys.executable, env: dict | None = None, log_dir: str | None = None) -> int:
+    """Runs the workers to completion; returns 0 if all succeeded, else the first failure's code.
+
+    Args:
+      workers: number of worker processes (>= 1).
+      main_args: flags for framework.main (without --strategy).
+      timeout_s: bound on the whole run; on expiry every worker is killed.
+      python: interpreter.
+      env: base environment (default: os.environ).
+      log_dir: where `worker-<i>.log` files go (default: inherit stdout/stderr).
+    """
+    if workers < 1:
+        raise ValueError(f"--workers: expected an integer >= 1; got {workers!r}")
+    configs = tf_configs(free_ports(workers))
+    procs = []
+    logs = []
+    for i, tf_config in enumerate(configs):
+        e = dict(os.environ if env is None else env, TF_CONFIG=tf_config)
+        cmd = [python, "-m", "framework.main", *main_args, "--strategy=multi_worker"]
+        out = None
+        if log_dir:
+            os.makedirs(log_dir, exist_ok=True)
+            out = open(os.path.join(log_dir, f"worker-{i}.log"), "w", encoding="utf-8")
+            logs.append(out)
+        procs.append(subprocess.Popen(cmd, env=e, stdout=out, stderr=subprocess.STDOUT if out else None))
+    deadline = time.monotonic() + timeout_s
+    code = 0
+    try:
+        while True:
+            states = [p.poll() for p in procs]
+            failed = [(i, c) for i, c in enumerate(states) if c not in (None, 0)]
+            if failed:
+                i, c = failed[0]
+                print(f"launch: worker {i} exited with {c}; stopping the others", file=sys.stderr)
+                code = c
+                break
+            if all(c == 0 for c in states):
+                break
+            if time.monotonic() > deadline:
+                print(f"launch: time limit {timeout_s}s reached; stopping all workers", file=sys.stderr)
+                code = 124
+                break
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for f in logs:
+            f.close()
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m framework.launch", description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--timeout_s", type=float, default=600.0)
+    parser.add_argument("--log_dir", default=None)
+    parser.add_argument("main_args", nargs=argparse.REMAINDER, help="-- then flags for framework.main")
+    args = parser.parse_args(argv)
+    rest = args.main_args[1:] if args.main_args[:1] == ["--"] else args.main_args
+    if any(a.startswith("--strategy") for a in rest):
+        parser.error(f"--strategy is set by the launcher (multi_worker); got {rest!r}")
+    return launch(workers=args.workers, main_args=rest, timeout_s=args.timeout_s, log_dir=args.log_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

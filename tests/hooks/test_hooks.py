@@ -1,0 +1,119 @@
+"""Built-in hooks on scripted metric sequences: early stopping, plateau, best checkpoint, export."""
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from framework.hooks.best_checkpoint import BestCheckpoint
+from framework.hooks.early_stopping import EarlyStopping
+from framework.hooks.export import export_model
+from framework.hooks.plateau import ReduceLROnPlateau
+
+
+class FakeCtx:
+    """Just enough of RunContext for hooks, with a real model whose weights move each eval."""
+
+    def __init__(self, model_dir):
+        self.model_dir = str(model_dir)
+        self.model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="d")], name="m")
+        self.step = 0
+        self.eval_logs = {}
+        self.lr_factor = 1.0
+        self.stop_requested = False
+        self.stop_reason = ""
+
+    def set_lr_factor(self, v):
+        self.lr_factor = v
+
+    def request_stop(self, reason):
+        self.stop_requested, self.stop_reason = True, reason
+
+    def get_weights(self):
+        return [v.numpy() for v in self.model.variables]
+
+    def set_weights(self, ws):
+        for v, w in zip(self.model.variables, ws):
+            v.assign(w)
+
+    def evaluate(self, step, value, hooks):
+        self.step = step
+        self.model.get_layer("d").bias.assign([float(step)])  # weights identify the step
+        self.eval_logs = {"loss": value, "accuracy": 1 - value}
+        for h in hooks:
+            h("eval_end", self)
+
+
+def test_early_stopping_stops_at_expected_eval_and_restores_best(tmp_path):
+    ctx = FakeCtx(tmp_path)
+    es = EarlyStopping(monitor="accuracy", patience=2, min_delta=0.001)
+    seq = [0.5, 0.4, 0.3, 0.32, 0.31, 0.2]  # loss; accuracy = 1 - loss; best at step 30
+    stopped_at = None
+    for i, v in enumerate(seq, start=1):
+        ctx.evaluate(10 * i, v, [es])
+        if ctx.stop_requested:
+            stopped_at = ctx.step
+            break
+    assert stopped_at == 50 and es.best_step == 30
+    es("end", ctx)
+    assert ctx.model.get_layer("d").bias.numpy()[0] == 30.0
+
+
+def test_early_stopping_resume_mid_patience_continues_count(tmp_path):
+    ctx = FakeCtx(tmp_path)
+    es = EarlyStopping(monitor="loss", patience=3)
+    for i, v in enumerate([0.5, 0.4, 0.45, 0.46], start=1):
+        ctx.evaluate(i, v, [es])
+    state = json.loads(json.dumps(es.state()))  # what the checkpoint stores
+    es2 = EarlyStopping(monitor="loss", patience=3)
+    es2.load_state(state)
+    assert es2.wait == 2
+    ctx.evaluate(5, 0.47, [es2])
+    assert ctx.stop_requested and es2.best_step == 2
+
+
+def test_early_stopping_unknown_monitor_names_it(tmp_path):
+    ctx = FakeCtx(tmp_path)
+    with pytest.raises(ValueError, match="accuracyy.*loss"):
+        ctx.evaluate(1, 0.1, [EarlyStopping(monitor="accuracyy")])
+
+
+def test_plateau_reduces_after_patience_with_cooldown(tmp_path):
+    ctx = FakeCtx(tmp_path)
+    p = ReduceLROnPlateau(monitor="loss", factor=0.5, patience=2, cooldown=1)
+    for i, v in enumerate([1.0, 0.9, 0.95, 0.95, 0.95, 0.95, 0.95], start=1):
+        ctx.evaluate(i, v, [p])
+    # evals 3,4 stall -> x0.5 at 4 (cooldown 1 ends at eval 5, as in Keras); 5,6 stall -> x0.25 at 6
+    assert p.reductions == [4, 6] and ctx.lr_factor == 0.25
+    p2 = ReduceLROnPlateau(monitor="loss", factor=0.5, patience=2, cooldown=1)
+    p2.load_state(json.loads(json.dumps(p.state())))
+    assert p2.reductions == [4, 6] and p2.best == 0.9
+
+
+def test_best_checkpoint_keeps_best_k_with_record(tmp_path):
+    ctx = FakeCtx(tmp_path)
+    h = BestCheckpoint(monitor="loss", keep=2)
+    for i, v in enumerate([0.5, 0.3, 0.4, 0.1, 0.6], start=1):
+        ctx.evaluate(i, v, [h])
+    rec = json.loads((tmp_path / "best" / "best.json").read_text())
+    assert [r["step"] for r in rec] == [4, 2]
+    files = os.listdir(tmp_path / "best")
+    assert any(f.startswith("ckpt-4") for f in files) and any(f.startswith("ckpt-2") for f in files)
+    assert not any(f.startswith("ckpt-3") or f.startswith("ckpt-1") for f in files)
+    # A new hook instance (a restart) continues from the record on disk.
+    h2 = BestCheckpoint(monitor="loss", keep=2)
+    ctx.evaluate(6, 0.2, [h2])
+    assert [r["step"] for r in json.loads((tmp_path / "best" / "best.json").read_text())] == [4, 6]
+
+
+def test_export_predictions_match_and_load_safely(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="relu"), keras.layers.Dense(2)])
+    x = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    paths = export_model(model, str(tmp_path / "export"))
+    loaded = keras.saving.load_model(paths["keras"], safe_mode=True)
+    np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), rtol=1e-6)
+    import tensorflow as tf
+    sm = tf.saved_model.load(paths["saved_model"])
+    out = sm.serve(tf.constant(x))
+    np.testing.assert_allclose(out.numpy(), model(x).numpy(), rtol=1e-6)
