@@ -1,8 +1,19 @@
 """Strategy from the runtime config, logical CPU devices, bounded TPU/multi-worker setup, XLA choice.
 
-Hardware that is absent fails clearly and quickly: `num_gpus` beyond what exists, a TPU that
-cannot be reached (bounded by `runtime.tpu_timeout_s`, DESIGN.md trap 8) and multi-worker peers
-that never come (bounded by `runtime.worker_timeout_s`).
+Hardware that is absent fails clearly and quickly instead of hanging (DESIGN.md trap 8):
+
+* `runtime.num_gpus` beyond what the machine has raises at once;
+* a TPU that cannot be reached fails within `runtime.tpu_timeout_s` (TCP pre-check of a
+  `grpc://host:port` address, then resolve + connect + initialize in a thread joined with
+  that timeout);
+* a multi-worker peer that never comes fails within `runtime.worker_timeout_s`.
+
+A bounded wait that expires leaves a TensorFlow thread blocked inside C++; the process should
+exit soon after such an error, with `os._exit` if a normal exit hangs (the CLI's job).
+
+`jit_allowed` resolves `trainer.jit_compile` (DESIGN.md trap 5): XLA on the replica function
+inside `strategy.run` fails under a multi-replica MirroredStrategy ("Trying to access resource
+... located in device CPU:1 from device CPU:0"), and on CPU it slows convolutions down.
 """
 from __future__ import annotations
 
@@ -11,7 +22,7 @@ import os
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Callable, Optional
 from urllib.parse import urlparse
 
 import tensorflow as tf
@@ -19,15 +30,27 @@ import tensorflow as tf
 from framework.config import RuntimeConfig
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+# Environment variables that say "this is a TPU VM / a TPU was assigned to this process".
+_TPU_ENV = ("TPU_NAME", "TPU_ACCELERATOR_TYPE", "TPU_WORKER_ID")
+
+
+# ----------------------------------------------------------------------------- devices
 
 
 def setup_logical_cpus(n: int) -> None:
-    """Splits the first physical CPU into `n` logical devices (before TF initializes devices).
+    """Splits the first physical CPU into `n` logical devices.
+
+    Must run before TensorFlow initializes its devices (before the first op, dataset or
+    variable). Calling it again with the same `n` is a no-op.
+
+    Args:
+      n: number of logical CPU devices (>= 1).
 
     Raises:
-      RuntimeError: devices are already initialized with a different count.
+      ValueError: `n` < 1.
+      RuntimeError: TensorFlow already initialized its devices with a different count.
     """
-    if n < 1:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"runtime.cpu_replicas: expected an integer >= 1; got {n!r}")
     cpu = tf.config.list_physical_devices("CPU")[0]
     current = tf.config.get_logical_device_configuration(cpu)
@@ -38,169 +61,343 @@ def setup_logical_cpus(n: int) -> None:
     except RuntimeError:
         have = len(tf.config.list_logical_devices("CPU"))
         if have != n:
-            raise RuntimeError(f"runtime.cpu_replicas={n}: TensorFlow already initialized {have} CPU device(s) "
-                               f"in this process; set it before any TensorFlow work") from None
+            raise RuntimeError(
+                f"setup_logical_cpus: TensorFlow already initialized {have} logical CPU device(s) in "
+                f"this process and cannot split the CPU any more; call it before any TensorFlow work; "
+                f"got n={n}") from None
 
 
-def _tf_config() -> dict:
+def _logical_cpus(n: int) -> list[str]:
+    """Names of `n` logical CPU devices, creating them if TensorFlow is not initialized yet."""
+    try:
+        setup_logical_cpus(n)
+    except RuntimeError:
+        pass  # already initialized: enough devices is fine, too few is reported below
+    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+    if len(cpus) < n:
+        raise RuntimeError(
+            f"runtime.cpu_replicas={n} but TensorFlow was initialized with {len(cpus)} logical CPU "
+            f"device(s) in this process (call setup_logical_cpus({n}) before any TensorFlow work); "
+            f"got devices {cpus}")
+    return cpus[:n]
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _parse_tf_config() -> dict[str, Any]:
+    """Reads and checks TF_CONFIG for multi-worker training.
+
+    Returns:
+      The parsed mapping, with `task.index` as an int.
+
+    Raises:
+      ValueError: TF_CONFIG is unset, not JSON, or lacks a valid cluster / task.
+    """
     raw = os.environ.get("TF_CONFIG", "")
-    if not raw:
-        raise ValueError("runtime.strategy=multi_worker needs the TF_CONFIG environment variable "
-                         "(or use `python -m framework.launch --workers=N -- ...`); got it unset")
+    if not raw.strip():
+        raise ValueError(
+            "runtime.strategy=multi_worker needs the TF_CONFIG environment variable, e.g. "
+            '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", "index": 0}} '
+            "(or run `python -m framework.launch --workers=N -- ...`); got TF_CONFIG unset")
     try:
         cfg = json.loads(raw)
-        workers = cfg["cluster"]["worker"]
-        task = cfg["task"]
-        ttype, index = task["type"], int(task["index"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"TF_CONFIG: expected JSON with cluster.worker and task.type/index ({e}); "
-                         f"got {raw!r}") from None
-    n = len(cfg["cluster"].get(ttype, []))
-    if not 0 <= index < n:
-        raise ValueError(f"TF_CONFIG: task index {index} out of range for {n} {ttype}(s); got {raw!r}")
-    if not workers:
-        raise ValueError(f"TF_CONFIG: cluster.worker is empty; got {raw!r}")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"TF_CONFIG: expected JSON ({e}); got {raw!r}") from None
+    cluster = cfg.get("cluster") if isinstance(cfg, dict) else None
+    task = cfg.get("task") if isinstance(cfg, dict) else None
+    if not isinstance(cluster, dict) or not isinstance(task, dict):
+        raise ValueError(f"TF_CONFIG: expected a mapping with 'cluster' and 'task'; got {raw!r}")
+    workers = cluster.get("worker")
+    if not isinstance(workers, list) or not workers or not all(
+            isinstance(w, str) and _host_port(w) is not None for w in workers):
+        raise ValueError(f"TF_CONFIG: cluster.worker must be a non-empty list of 'host:port' strings; "
+                         f"got {raw!r}")
+    ttype, index = task.get("type"), task.get("index")
+    if ttype not in ("worker", "chief"):
+        raise ValueError(f"TF_CONFIG: task.type must be 'worker' (or 'chief'); got {raw!r}")
+    members = cluster.get(ttype)
+    if not isinstance(members, list) or not members:
+        raise ValueError(f"TF_CONFIG: task.type={ttype!r} but cluster.{ttype} is missing; got {raw!r}")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(members):
+        raise ValueError(f"TF_CONFIG: task.index must be an integer in [0, {len(members)}) for "
+                         f"{len(members)} {ttype}(s); got {raw!r}")
     return cfg
 
 
+def _host_port(address: str) -> Optional[tuple[str, int]]:
+    """(host, port) of 'host:port' or 'grpc://host:port'; None if there is no port."""
+    u = urlparse(address if "://" in address else f"grpc://{address}")
+    try:
+        port = u.port
+    except ValueError:
+        return None
+    if not u.hostname or not port:
+        return None
+    return u.hostname, port
+
+
+def _tpu_address(runtime: RuntimeConfig) -> str:
+    return runtime.tpu or os.environ.get("TPU_NAME", "")
+
+
+def _tpu_env_present() -> bool:
+    return any(os.environ.get(k) for k in _TPU_ENV) or os.path.exists("/dev/accel0")
+
+
 def check_runtime(runtime: RuntimeConfig) -> None:
-    """Cheap checks before TensorFlow builds anything (names the key and the value)."""
+    """Cheap checks of `runtime` that need no TensorFlow devices (run before building anything).
+
+    Args:
+      runtime: the `runtime` config section.
+
+    Raises:
+      ValueError: naming the key, what was expected and the value received.
+    """
     if runtime.strategy not in STRATEGIES:
-        raise ValueError(f"runtime.strategy (--strategy): expected one of {', '.join(STRATEGIES)}; "
+        raise ValueError(f"runtime.strategy (--strategy): expected one of {' | '.join(STRATEGIES)}; "
                          f"got {runtime.strategy!r}")
-    if runtime.cpu_replicas < 0 or runtime.num_gpus < 0:
-        raise ValueError(f"runtime.cpu_replicas / runtime.num_gpus: expected >= 0; got "
-                         f"{runtime.cpu_replicas} / {runtime.num_gpus}")
+    for key in ("cpu_replicas", "num_gpus"):
+        v = getattr(runtime, key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"runtime.{key} (--{key}): expected an integer >= 0; got {v!r}")
     if runtime.cpu_replicas > 0 and runtime.num_gpus > 0:
-        raise ValueError(f"runtime.cpu_replicas and runtime.num_gpus: set one of them; got "
+        raise ValueError(f"runtime.cpu_replicas and runtime.num_gpus: set at most one of them; got "
                          f"cpu_replicas={runtime.cpu_replicas}, num_gpus={runtime.num_gpus}")
+    for key in ("tpu_timeout_s", "worker_timeout_s"):
+        v = getattr(runtime, key)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+            raise ValueError(f"runtime.{key}: expected a number of seconds > 0; got {v!r}")
     if runtime.strategy == "multi_worker":
-        _tf_config()
-    if runtime.strategy == "tpu" and not (runtime.tpu or os.environ.get("TPU_NAME")):
-        raise ValueError("runtime.strategy=tpu needs --tpu=ADDRESS (runtime.tpu) or TPU_NAME; got neither")
+        if runtime.cpu_replicas > 1:
+            raise ValueError(
+                "runtime.cpu_replicas > 1 with runtime.strategy=multi_worker is not supported (each "
+                "worker process runs one CPU replica; start more workers instead); got "
+                f"cpu_replicas={runtime.cpu_replicas}")
+        _parse_tf_config()
+    if runtime.strategy == "tpu" and not runtime.tpu and not _tpu_env_present():
+        raise ValueError(
+            "runtime.strategy=tpu: no TPU found: pass --tpu=ADDRESS|NAME|local (runtime.tpu) or set "
+            f"TPU_NAME; got runtime.tpu={runtime.tpu!r} and none of {', '.join(_TPU_ENV)} set")
 
 
-def _bounded(fn: Any, timeout_s: float, what: str) -> Any:
-    """Runs `fn()` in a daemon thread; raises TimeoutError after `timeout_s`."""
+# ----------------------------------------------------------------------------- bounded waits
+
+
+def _bounded(fn: Callable[[], Any], timeout_s: float, name: str) -> Any:
+    """Runs `fn()` in a daemon thread and waits at most `timeout_s` for it.
+
+    Returns:
+      What `fn` returned.
+
+    Raises:
+      TimeoutError: `fn` did not finish in time (its thread is left running).
+      BaseException: whatever `fn` raised.
+    """
     box: dict[str, Any] = {}
 
     def target() -> None:
         try:
             box["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
             box["error"] = e
 
-    th = threading.Thread(target=target, daemon=True)
+    th = threading.Thread(target=target, name=f"tapeline-{name}", daemon=True)
     th.start()
     th.join(timeout_s)
     if th.is_alive():
-        raise TimeoutError(f"{what}: no answer within {timeout_s:g}s")
+        raise TimeoutError(f"{name}: no answer within {timeout_s:g}s")
     if "error" in box:
         raise box["error"]
     return box["value"]
 
 
-def _reachable(address: str, timeout_s: float) -> bool:
-    u = urlparse(address if "://" in address else f"grpc://{address}")
-    if not u.hostname or not u.port:
-        return True  # a TPU name, not an address: let the resolver look it up (bounded)
+def _accepts(host: str, port: int, timeout_s: float) -> Optional[str]:
+    """None if host:port accepts a TCP connection within `timeout_s`, else why not."""
     try:
-        with socket.create_connection((u.hostname, u.port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
+        with socket.create_connection((host, port), timeout=max(timeout_s, 0.05)):
+            return None
+    except socket.timeout:
+        return f"no answer within {timeout_s:g}s"
+    except OSError as e:
+        return e.strerror or type(e).__name__
+
+
+# ----------------------------------------------------------------------------- TPU
 
 
 def _tpu(runtime: RuntimeConfig) -> tf.distribute.Strategy:
-    address = runtime.tpu or os.environ.get("TPU_NAME", "")
-    t = runtime.tpu_timeout_s
-    if not _reachable(address, min(t, 10.0)):
-        raise RuntimeError(f"--tpu: cannot reach a TPU at {address!r} (TCP connect failed within "
-                           f"{min(t, 10.0):g}s); tried TPUClusterResolver(tpu={address!r})")
+    address = _tpu_address(runtime)
+    timeout = float(runtime.tpu_timeout_s)
+    hp = _host_port(address) if address.startswith("grpc://") or ":" in address else None
+    if hp is not None:
+        why = _accepts(hp[0], hp[1], timeout)
+        if why is not None:
+            raise RuntimeError(
+                f"--tpu: cannot reach a TPU at {address!r}: TCP connect to {hp[0]}:{hp[1]} failed ({why}; "
+                f"runtime.tpu_timeout_s={timeout:g}); got runtime.tpu={runtime.tpu!r}")
 
-    def connect() -> Any:
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=address)
+    def connect() -> tf.distribute.Strategy:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=address or None)
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
 
     try:
-        return _bounded(connect, t, f"--tpu={address!r}")
-    except TimeoutError as e:
-        raise RuntimeError(f"--tpu: TPU at {address!r} did not answer ({e}; runtime.tpu_timeout_s)") from None
+        return _bounded(connect, timeout, "tpu-connect")
+    except TimeoutError:
+        raise TimeoutError(
+            f"--tpu: the TPU at {address or '<auto-detected>'!r} did not connect and initialize within "
+            f"runtime.tpu_timeout_s={timeout:g}s (the process should exit now); got "
+            f"runtime.tpu={runtime.tpu!r}") from None
     except (ValueError, RuntimeError, tf.errors.OpError) as e:
-        raise RuntimeError(f"--tpu: no usable TPU at {address!r}: {str(e).splitlines()[0]}") from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RuntimeError(f"--tpu: no usable TPU at {address or '<auto-detected>'!r}: {first}; got "
+                           f"runtime.tpu={runtime.tpu!r}") from None
+
+
+# ----------------------------------------------------------------------------- multi-worker
 
 
 def _multi_worker(runtime: RuntimeConfig) -> tf.distribute.Strategy:
-    cfg = _tf_config()
-    options = tf.distribute.experimental.CommunicationOptions(
-        implementation=tf.distribute.experimental.CommunicationImplementation.RING,
-        timeout_seconds=runtime.worker_timeout_s)
-    peers = cfg["cluster"]["worker"]
+    """MultiWorkerMirroredStrategy from TF_CONFIG, its construction bounded by worker_timeout_s.
+
+    Construction starts this worker's gRPC server and then blocks until every peer has started
+    its own (coordination-service registration and a first all-reduce barrier). A TCP
+    pre-check before construction would deadlock peers that all wait for each other, so the
+    construction itself runs in a thread joined with the timeout; on expiry the peers that do
+    not accept a TCP connection are named.
+    """
+    cfg = _parse_tf_config()
+    timeout = float(runtime.worker_timeout_s)
+    task = cfg["task"]
+    me = cfg["cluster"][task["type"]][task["index"]]
+    peers = [a for job in ("chief", "worker") for a in cfg["cluster"].get(job, []) if a != me]
+    impl = (tf.distribute.experimental.CommunicationImplementation.AUTO
+            if tf.config.list_physical_devices("GPU")
+            else tf.distribute.experimental.CommunicationImplementation.RING)
+    # No collective timeout: a slow peer mid-run (the chief evaluating or saving) is normal;
+    # a dead one is detected by the coordination service's heartbeat.
+    options = tf.distribute.experimental.CommunicationOptions(implementation=impl)
     try:
-        # Construction blocks until every peer's server answers: bound it (trap 8).
         return _bounded(lambda: tf.distribute.MultiWorkerMirroredStrategy(communication_options=options),
-                        runtime.worker_timeout_s, "MultiWorkerMirroredStrategy")
+                        timeout, "multi-worker-setup")
     except TimeoutError:
-        raise TimeoutError(f"multi_worker: peers {peers} did not all join within runtime.worker_timeout_s="
-                           f"{runtime.worker_timeout_s:g}s; got TF_CONFIG task {cfg['task']}") from None
+        missing = []
+        for a in peers:
+            hp = _host_port(a)
+            why = _accepts(hp[0], hp[1], 1.0) if hp else "bad address"
+            if why is not None:
+                missing.append(f"{a} ({why})")
+        who = (f"unreachable peer(s): {', '.join(missing)}" if missing
+               else f"all peers accept connections ({', '.join(peers)}) but did not join")
+        raise TimeoutError(
+            f"multi_worker: the cluster did not form within runtime.worker_timeout_s={timeout:g}s; "
+            f"{who} (the process should exit now); got TF_CONFIG task {task['type']}:{task['index']} "
+            f"at {me} with cluster {json.dumps(cfg['cluster'])}") from None
+
+
+# ----------------------------------------------------------------------------- strategies
 
 
 def make_strategy(runtime: RuntimeConfig) -> tf.distribute.Strategy:
-    """The tf.distribute strategy `runtime` asks for (fails clearly if the hardware is missing)."""
+    """The tf.distribute strategy `runtime` asks for; absent hardware fails clearly and quickly.
+
+    Args:
+      runtime: the `runtime` config section (`strategy`, `num_gpus`, `cpu_replicas`, `tpu`,
+        `tpu_timeout_s`, `worker_timeout_s`).
+
+    Returns:
+      default: `tf.distribute.get_strategy()`; one_device: OneDeviceStrategy on /gpu:0 or
+      /cpu:0; mirrored: MirroredStrategy over `num_gpus` GPUs, over `cpu_replicas` logical
+      CPUs (reducing through one device: no NCCL on CPU), or over all GPUs / the CPU;
+      multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG; tpu: TPUStrategy.
+
+    Raises:
+      ValueError: see `check_runtime`.
+      RuntimeError: GPUs or logical CPUs or the TPU are missing.
+      TimeoutError: the TPU or a multi-worker peer did not answer in time.
+    """
     check_runtime(runtime)
     gpus = tf.config.list_physical_devices("GPU")
     if runtime.num_gpus > len(gpus):
-        raise RuntimeError(f"runtime.num_gpus={runtime.num_gpus} (--num_gpus) but this machine has {len(gpus)} "
-                           f"GPU(s); use --cpu_replicas=N to run the distributed path on CPU")
+        raise RuntimeError(
+            f"runtime.num_gpus={runtime.num_gpus} (--num_gpus) but this machine has {len(gpus)} GPU(s) "
+            f"({', '.join(g.name for g in gpus) or 'none visible to TensorFlow'}); use --cpu_replicas=N "
+            f"to run the distributed path on CPU; got num_gpus={runtime.num_gpus}")
     s = runtime.strategy
     if s == "default":
         return tf.distribute.get_strategy()
     if s == "one_device":
-        return tf.distribute.OneDeviceStrategy("/gpu:0" if runtime.num_gpus else "/cpu:0")
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if runtime.num_gpus > 0 else "/cpu:0")
     if s == "mirrored":
-        if runtime.num_gpus:
+        if runtime.num_gpus > 0:
             return tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(runtime.num_gpus)])
-        cpus = tf.config.list_logical_devices("CPU")
-        if runtime.cpu_replicas:
-            cpus = cpus[:runtime.cpu_replicas]
-        # NCCL does not exist on CPU: reduce through one device.
-        return tf.distribute.MirroredStrategy([d.name for d in cpus],
-                                              cross_device_ops=tf.distribute.ReductionToOneDevice())
+        if runtime.cpu_replicas > 1:
+            # NCCL does not exist on CPU: reduce through one device.
+            return tf.distribute.MirroredStrategy(_logical_cpus(runtime.cpu_replicas),
+                                                  cross_device_ops=tf.distribute.ReductionToOneDevice())
+        if gpus:
+            return tf.distribute.MirroredStrategy()
+        return tf.distribute.MirroredStrategy(["/cpu:0"], cross_device_ops=tf.distribute.ReductionToOneDevice())
     if s == "multi_worker":
         return _multi_worker(runtime)
     return _tpu(runtime)
 
 
 def describe(strategy: tf.distribute.Strategy) -> str:
+    """One line for the log: strategy class, replicas in sync, devices."""
     try:
         devices = tuple(strategy.extended.worker_devices)
-    except (RuntimeError, AttributeError):
+    except (RuntimeError, AttributeError, ValueError):
         devices = ()
-    return (f"{type(strategy).__name__}, {strategy.num_replicas_in_sync} replica(s)"
+    return (f"{type(strategy).__name__}: {strategy.num_replicas_in_sync} replica(s) in sync"
             + (f" on {', '.join(devices)}" if devices else ""))
 
 
-def jit_allowed(strategy: tf.distribute.Strategy, requested: bool | str, *, model_has_conv: bool) -> tuple[bool, str]:
-    """Resolves `trainer.jit_compile` (true | false | auto) for this strategy and model.
+def _multi_replica(strategy: tf.distribute.Strategy) -> bool:
+    mirrored = isinstance(strategy, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy))
+    return mirrored and strategy.num_replicas_in_sync > 1
+
+
+def jit_allowed(strategy: tf.distribute.Strategy, requested: bool | str, *,
+                model_has_conv: bool) -> tuple[bool, str]:
+    """Resolves `trainer.jit_compile` (true | false | "auto") for this strategy and model.
+
+    Args:
+      strategy: the strategy the replica function runs under.
+      requested: the config value.
+      model_has_conv: whether the model has convolution layers (XLA slows them on CPU).
+
+    Returns:
+      (use XLA on the replica function, reason to log).
 
     Raises:
-      ValueError: `true` under a multi-replica strategy, where XLA on the replica function
-        fails (trap 5: variables on another device).
+      ValueError: `true` under a Mirrored / MultiWorkerMirrored strategy with > 1 replica, where
+        XLA on the replica function fails (trap 5: variables on another device), or a value
+        other than true / false / "auto".
     """
-    multi = strategy.num_replicas_in_sync > 1 or isinstance(
-        strategy, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy))
+    name = type(strategy).__name__
+    multi = _multi_replica(strategy)
     if requested is True:
         if multi:
-            raise ValueError(f"trainer.jit_compile: XLA on the replica function fails under "
-                             f"{type(strategy).__name__} (variables on another device); use auto or false; got True")
+            raise ValueError(
+                f"trainer.jit_compile: XLA on the replica function fails under {name} with "
+                f"{strategy.num_replicas_in_sync} replicas (variables live on another device); use auto "
+                f"or false; got True")
         return True, "trainer.jit_compile=true"
     if requested is False:
         return False, "trainer.jit_compile=false"
+    if requested != "auto":
+        raise ValueError(f"trainer.jit_compile: expected true | false | auto; got {requested!r}")
     if multi:
-        return False, f"auto: off under {type(strategy).__name__} (XLA in strategy.run fails there)"
-    on_cpu = not tf.config.list_physical_devices("GPU")
-    if on_cpu and model_has_conv:
-        return False, "auto: off for convolutions on CPU (XLA measured slower there)"
-    return True, "auto: on (dense model or accelerator)"
+        return False, (f"jit_compile=auto -> off: XLA on the replica function fails under {name} with "
+                       f"{strategy.num_replicas_in_sync} replicas")
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return False, "jit_compile=auto -> off: TPUStrategy compiles with XLA anyway"
+    on_gpu = bool(tf.config.list_physical_devices("GPU"))
+    if model_has_conv and not on_gpu:
+        return False, "jit_compile=auto -> off: XLA measured slower for convolutions on CPU"
+    if model_has_conv:
+        return True, "jit_compile=auto -> on: convolutions on GPU"
+    return True, f"jit_compile=auto -> on: no convolutions ({'GPU' if on_gpu else 'CPU'})"

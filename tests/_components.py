@@ -19,12 +19,14 @@ def set_arrays(key: str, x: np.ndarray, y: np.ndarray, w: np.ndarray | None = No
 if "test_linear" not in registry.MODELS:
     @registry.register_model("test_linear")
     def test_linear(units: int = 1, inputs: int = 3, zero_init: bool = False, hidden: int = 0,
-                    dropout: float = 0.0) -> keras.Model:
+                    dropout: float = 0.0, batchnorm: bool = False, sync_bn: bool = False) -> keras.Model:
         init = "zeros" if zero_init else "glorot_uniform"
         x_in = keras.Input((inputs,), name="x")
         h = x_in
         if hidden:
             h = keras.layers.Dense(hidden, activation="relu", name="hidden")(h)
+            if batchnorm:
+                h = keras.layers.BatchNormalization(name="bn", synchronized=sync_bn)(h)
         if dropout:
             h = keras.layers.Dropout(dropout, name="drop")(h)
         out = keras.layers.Dense(units, kernel_initializer=init, name="out")(h)
