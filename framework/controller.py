@@ -19,7 +19,6 @@ import tensorflow as tf
 from absl import logging
 
 from framework import checkpoint as ckpt_lib
-from framework import metrics as metrics_lib
 from framework import summaries as summ
 from framework.hooks import RunContext
 from framework.trainer import Trainer
@@ -280,7 +279,7 @@ class Controller:
         s = self.t.steps
         out = {"loss": float(s.loss_mean.result())}
         for name, m in s.train_metrics.items():
-            v = metrics_lib.scalar(m.result())
+            v = _scalar(m.result())
             if v is not None:
                 out[name] = v
         for k, m in s.stat_means.items():
@@ -311,7 +310,7 @@ class Controller:
             s.swap_ema()
         values = {"loss": float(s.eval_loss_mean.result())}
         for name, m in s.eval_metrics.items():
-            v = metrics_lib.scalar(m.result())
+            v = _scalar(m.result())
             if v is not None:
                 values[name] = v
         self.summaries.scalars("eval", step, values)
@@ -321,6 +320,12 @@ class Controller:
         self.ctx.eval_logs = values
         self._dispatch("eval_end")
         return values
+
+
+def _scalar(value: Any) -> float | None:
+    """A metric result as a float, or None for non-scalar results (a confusion matrix)."""
+    arr = np.asarray(value)
+    return float(arr) if arr.ndim == 0 else None
 
 
 def _next_multiple(step: int, every: int) -> int:

@@ -35,6 +35,10 @@ flags.DEFINE_multi_string("import", [], "Extra module (by module name, never a p
                                         "experiments or components; repeatable.")
 
 
+# The per-loop log lines are the console's progress display: show INFO on stderr by default.
+FLAGS.set_default("logtostderr", True)
+
+
 class UserError(Exception):
     """A mistake in flags or config: reported in one line, exit status 2."""
 
@@ -95,7 +99,16 @@ def run(cfg: Any, *, model_dir: str, mode: str) -> dict[str, Any]:
     chief = is_chief(cfg.runtime.strategy)
     if mode != "lr_find" and chief:
         config_lib.save(cfg, os.path.join(model_dir, "params.yaml"))
-    strategy = dist.make_strategy(cfg.runtime)
+    try:
+        strategy = dist.make_strategy(cfg.runtime)
+    except TimeoutError as e:
+        # A bounded wait expired (trap 8): a TensorFlow thread is still blocked in C++ and
+        # would keep a normal exit waiting, so report and leave at once.
+        print(f"tapeline: error: {e}", file=sys.stderr, flush=True)
+        logging.flush()
+        os._exit(3)
+    except RuntimeError as e:
+        raise UserError(str(e)) from None
     logging.info("strategy: %s", dist.describe(strategy))
     if chief:
         return _run_built(cfg, strategy, model_dir=model_dir, mode=mode)
