@@ -20,3 +20,11 @@ if "mw_test" not in registry.EXPERIMENTS:
                             "jit_compile": False},
                 "optimizer": {"name": "adam", "learning_rate": 0.005,
                               "param_groups": [{"pattern": "^fc1/", "lr_multiplier": 0.5}]}}
+
+    @registry.register_hook("test_stop_at")
+    def test_stop_at(step: int = 6):
+        """Requests a stop once the run reaches `step` (simulates an interruption)."""
+        def hook(event, ctx):
+            if event == "train_loop_end" and ctx.step >= step:
+                ctx.request_stop(f"test_stop_at {step}")
+        return hook
