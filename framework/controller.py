@@ -102,6 +102,7 @@ class Controller:
             directory=model_dir, objects=objects, max_to_keep=self.cfg.trainer.max_to_keep,
             get_hook_state=self._hook_state, set_hook_state=self._load_hook_state)
         self.last_eval: dict[str, float] | None = None
+        self.eval_history: list[dict[str, float]] = []
         self._train_iter = None
         self._eval_ds = None
         self._restores = 0
@@ -316,6 +317,7 @@ class Controller:
         self.summaries.scalars("eval", step, values)
         summ.log(summ.log_line("eval", step=step, total=self.t.total_steps, values=values))
         self.last_eval = values
+        self.eval_history.append({"step": step, **values})
         summ.write_json(os.path.join(self.model_dir, "metrics.json"), {"step": step, **values})
         self.ctx.eval_logs = values
         self._dispatch("eval_end")

@@ -31,6 +31,8 @@ flags.DEFINE_string("tpu", None, "TPU address or name (runtime.tpu).")
 flags.DEFINE_integer("num_gpus", None, "GPUs to use (runtime.num_gpus).", lower_bound=0)
 flags.DEFINE_integer("cpu_replicas", None, "Split the CPU into N logical devices (runtime.cpu_replicas).",
                      lower_bound=0)
+flags.DEFINE_string("sweep", None, "Sub-runs over values: 'optimizer.name=sgd,adam[;key=v1,v2]' "
+                                    "(one sub-directory of --model_dir each; sweep.csv/.md/.png).")
 flags.DEFINE_multi_string("import", [], "Extra module (by module name, never a path) that registers "
                                         "experiments or components; repeatable.")
 
@@ -85,7 +87,7 @@ def check_model_dir(path: str | None) -> str:
     return path
 
 
-def run(cfg: Any, *, model_dir: str, mode: str) -> dict[str, Any]:
+def run(cfg: Any, *, model_dir: str, mode: str, hparams: dict | None = None) -> dict[str, Any]:
     """Builds and runs one experiment; returns a summary (final step, last evaluation)."""
     from framework import config as config_lib
     from framework import distribute as dist
@@ -111,7 +113,7 @@ def run(cfg: Any, *, model_dir: str, mode: str) -> dict[str, Any]:
         raise UserError(str(e)) from None
     logging.info("strategy: %s", dist.describe(strategy))
     if chief:
-        return _run_built(cfg, strategy, model_dir=model_dir, mode=mode)
+        return _run_built(cfg, strategy, model_dir=model_dir, mode=mode, hparams=hparams)
     # Non-chief multi-worker processes take part in every collective (saves included) but
     # write into a temporary directory that is removed: only the chief's outputs are real.
     scratch = tempfile.mkdtemp(prefix="tapeline-worker-")
@@ -120,7 +122,7 @@ def run(cfg: Any, *, model_dir: str, mode: str) -> dict[str, Any]:
         for f in os.listdir(model_dir):
             if f == "checkpoint" or f.startswith("ckpt-"):
                 shutil.copy2(os.path.join(model_dir, f), scratch)
-        return _run_built(cfg, strategy, model_dir=scratch, mode=mode)
+        return _run_built(cfg, strategy, model_dir=scratch, mode=mode, hparams=hparams)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -136,7 +138,7 @@ def is_chief(strategy_name: str) -> bool:
                                             and int(task.get("index", 0)) == 0)
 
 
-def _run_built(cfg: Any, strategy: Any, *, model_dir: str, mode: str) -> dict[str, Any]:
+def _run_built(cfg: Any, strategy: Any, *, model_dir: str, mode: str, hparams: dict | None) -> dict[str, Any]:
     from framework import controller as controller_lib
     from framework import registry
     from framework import trainer as trainer_lib
@@ -155,12 +157,14 @@ def _run_built(cfg: Any, strategy: Any, *, model_dir: str, mode: str) -> dict[st
         return lr_find.run(trainer, model_dir=model_dir)
     ctl = controller_lib.Controller(trainer=trainer, model_dir=model_dir, hooks=hooks)
     ctl.handle_sigterm()
+    if hparams:
+        ctl.summaries.hparams(hparams)
     if mode == "eval":
         if ctl.restore() == 0 and not ctl.checkpointer.latest:
             raise UserError(f"--mode=eval: no checkpoint in --model_dir; got {model_dir!r}")
         return {"step": int(trainer.global_step.numpy()), "eval": ctl.evaluate()}
     step = ctl.train(evaluate=mode == "train_and_eval")
-    return {"step": step, "eval": ctl.last_eval}
+    return {"step": step, "eval": ctl.last_eval, "history": ctl.eval_history}
 
 
 def main(argv: Sequence[str]) -> int:
@@ -172,12 +176,50 @@ def main(argv: Sequence[str]) -> int:
                              runtime_flags={"strategy": FLAGS.strategy, "tpu": FLAGS.tpu,
                                             "num_gpus": FLAGS.num_gpus, "cpu_replicas": FLAGS.cpu_replicas})
         model_dir = check_model_dir(FLAGS.model_dir)
+        if FLAGS.sweep:
+            return _sweep(model_dir)
         result = run(cfg, model_dir=model_dir, mode=FLAGS.mode)
     except UserError as e:
         print(f"tapeline: error: {e}", file=sys.stderr)
         return 2
     print(f"tapeline: done at step {result.get('step')}; TensorBoard logs: tensorboard --logdir {model_dir}")
     return 0
+
+
+def _sweep(model_dir: str) -> int:
+    from framework import sweep
+
+    def run_one(override: str, sub_dir: str) -> dict[str, Any]:
+        cfg = resolve_config(experiment=FLAGS.experiment, imports=FLAGS["import"].value,
+                             config_files=FLAGS.config_file, overrides=[*FLAGS.params_override, override],
+                             runtime_flags={"strategy": FLAGS.strategy, "tpu": FLAGS.tpu,
+                                            "num_gpus": FLAGS.num_gpus, "cpu_replicas": FLAGS.cpu_replicas})
+        combo = json.loads(override)
+        flat = {k: v for k, v in _flatten(combo).items()}
+        return run(cfg, model_dir=check_model_dir(sub_dir), mode=FLAGS.mode, hparams=flat)
+
+    try:
+        sweep.parse(FLAGS.sweep)
+        # Every combination must resolve before the first sub-run starts.
+        for combo in sweep.combinations(sweep.parse(FLAGS.sweep)):
+            resolve_config(experiment=FLAGS.experiment, imports=FLAGS["import"].value,
+                           config_files=FLAGS.config_file,
+                           overrides=[*FLAGS.params_override, sweep.override(combo)], runtime_flags={})
+        rows = sweep.run(text=FLAGS.sweep, model_dir=model_dir, run_one=run_one)
+    except (ValueError, UserError) as e:
+        print(f"tapeline: error: {e}", file=sys.stderr)
+        return 2
+    print(f"tapeline: sweep of {len(rows)} runs done; {os.path.join(model_dir, 'sweep.md')}; "
+          f"TensorBoard logs: tensorboard --logdir {model_dir}")
+    return 0
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else k
+        out.update(_flatten(v, key) if isinstance(v, dict) else {key: v})
+    return out
 
 
 def entry() -> None:

@@ -75,6 +75,14 @@ class Summaries:
             tf.summary.text(tag, "```\n" + text + "\n```")
         w.flush()
 
+    def hparams(self, values: Mapping[str, Any]) -> None:
+        """Logs a sub-run's hyperparameters for TensorBoard's hparams plugin."""
+        from tensorboard.plugins.hparams import api as hp
+
+        clean = {k: (v if isinstance(v, (bool, int, float, str)) else str(v)) for k, v in values.items()}
+        with self.writer("train").as_default():
+            hp.hparams(clean)
+
     def close(self) -> None:
         for w in self._writers.values():
             w.close()
