@@ -6,10 +6,12 @@ Hardware that is absent fails clearly and quickly instead of hanging (DESIGN.md 
 * a TPU that cannot be reached fails within `runtime.tpu_timeout_s` (TCP pre-check of a
   `grpc://host:port` address, then resolve + connect + initialize in a thread joined with
   that timeout);
-* a multi-worker peer that never comes fails within `runtime.worker_timeout_s`.
+* a multi-worker peer that never comes fails within `runtime.worker_timeout_s` (the
+  coordination service's registration barrier is given that timeout).
 
-A bounded wait that expires leaves a TensorFlow thread blocked inside C++; the process should
-exit soon after such an error, with `os._exit` if a normal exit hangs (the CLI's job).
+After such an error the process should exit soon, with `os._exit` if a normal exit hangs
+(the caller's job): an expired TPU wait leaves a thread blocked inside TensorFlow, and a
+failed multi-worker setup leaves a half-initialized distributed context.
 
 `jit_allowed` resolves `trainer.jit_compile` (DESIGN.md trap 5): XLA on the replica function
 inside `strategy.run` fails under a multi-replica MirroredStrategy ("Trying to access resource
@@ -89,7 +91,7 @@ def _parse_tf_config() -> dict[str, Any]:
     """Reads and checks TF_CONFIG for multi-worker training.
 
     Returns:
-      The parsed mapping, with `task.index` as an int.
+      The parsed mapping.
 
     Raises:
       ValueError: TF_CONFIG is unset, not JSON, or lacks a valid cluster / task.
@@ -187,6 +189,9 @@ def check_runtime(runtime: RuntimeConfig) -> None:
 def _bounded(fn: Callable[[], Any], timeout_s: float, name: str) -> Any:
     """Runs `fn()` in a daemon thread and waits at most `timeout_s` for it.
 
+    This only bounds calls that release the GIL while they wait (TPU connect does; the
+    multi-worker setup does not, see `_configure_coordination`).
+
     Returns:
       What `fn` returned.
 
@@ -227,8 +232,10 @@ def _accepts(host: str, port: int, timeout_s: float) -> Optional[str]:
 
 
 def _tpu(runtime: RuntimeConfig) -> tf.distribute.Strategy:
+    """TPUStrategy for `runtime.tpu` (or TPU_NAME); everything bounded by `runtime.tpu_timeout_s`."""
     address = _tpu_address(runtime)
     timeout = float(runtime.tpu_timeout_s)
+    deadline = time.monotonic() + timeout  # one budget for the TCP check and the connect
     hp = _host_port(address) if address.startswith("grpc://") or ":" in address else None
     if hp is not None:
         why = _accepts(hp[0], hp[1], timeout)
@@ -244,7 +251,7 @@ def _tpu(runtime: RuntimeConfig) -> tf.distribute.Strategy:
         return tf.distribute.TPUStrategy(resolver)
 
     try:
-        return _bounded(connect, timeout, "tpu-connect")
+        return _bounded(connect, max(0.5, deadline - time.monotonic()), "tpu-connect")
     except TimeoutError:
         raise TimeoutError(
             f"--tpu: the TPU at {address or '<auto-detected>'!r} did not connect and initialize within "
@@ -259,14 +266,51 @@ def _tpu(runtime: RuntimeConfig) -> tf.distribute.Strategy:
 # ----------------------------------------------------------------------------- multi-worker
 
 
-def _multi_worker(runtime: RuntimeConfig) -> tf.distribute.Strategy:
-    """MultiWorkerMirroredStrategy from TF_CONFIG, its construction bounded by worker_timeout_s.
+def _configure_coordination(cfg: dict[str, Any], timeout_s: float) -> bool:
+    """Configures the coordination service as MultiWorkerMirroredStrategy would, but bounded.
 
-    Construction starts this worker's gRPC server and then blocks until every peer has started
-    its own (coordination-service registration and a first all-reduce barrier). A TCP
-    pre-check before construction would deadlock peers that all wait for each other, so the
-    construction itself runs in a thread joined with the timeout; on expiry the peers that do
-    not accept a TCP connection are named.
+    The strategy's own configuration registers every task with no time limit, inside a C++
+    call that holds the GIL (so not even a Python thread can time it out: measured). Configured
+    here first (the strategy keeps an existing configuration), registration is a barrier that
+    fails with DeadlineExceeded after `timeout_s` on every task, the leader included.
+
+    Returns:
+      False if this TensorFlow has no such internals (construction is then unbounded).
+    """
+    # pylint: disable=import-outside-toplevel  (TensorFlow internals, used only here)
+    try:
+        from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+        from tensorflow.python.eager import context
+    except ImportError:
+        return False
+    ctx = context.context()
+    if ctx.coordination_service is not None:
+        return True
+    cluster = cfg["cluster"]
+    jobs = [coordination_config_pb2.CoordinatedJob(name=j, num_tasks=len(cluster[j]))
+            for j in ("chief", "worker") if cluster.get(j)]
+    leader = "/job:chief/replica:0/task:0" if cluster.get("chief") else "/job:worker/replica:0/task:0"
+    ctx.configure_coordination_service(
+        service_type="standalone", service_leader=leader, coordinated_jobs=jobs,
+        cluster_register_timeout_in_ms=max(1, int(timeout_s * 1000)))
+    service = ctx.coordination_service
+    if "cluster_register_with_barrier" in service.DESCRIPTOR.fields_by_name:
+        service.cluster_register_with_barrier = True  # without it the leader waits forever
+    return True
+
+
+def _multi_worker(runtime: RuntimeConfig) -> tf.distribute.Strategy:
+    """MultiWorkerMirroredStrategy from TF_CONFIG; construction bounded by worker_timeout_s.
+
+    Construction starts this worker's gRPC server and then blocks until every task has
+    registered with the coordination service (led by the chief, else worker 0). All tasks may
+    start at the same time or in any order within `worker_timeout_s` of each other. Measured
+    with one peer missing and worker_timeout_s=5: the leader gives up after ~6 s, a follower
+    after ~10 s (a follower's last registration call adds ~5 s).
+
+    Raises:
+      TimeoutError: the cluster did not form in time (names the peers that do not accept TCP).
+      RuntimeError: another setup failure (e.g. this worker's port is taken).
     """
     cfg = _parse_tf_config()
     timeout = float(runtime.worker_timeout_s)
@@ -279,10 +323,12 @@ def _multi_worker(runtime: RuntimeConfig) -> tf.distribute.Strategy:
     # No collective timeout: a slow peer mid-run (the chief evaluating or saving) is normal;
     # a dead one is detected by the coordination service's heartbeat.
     options = tf.distribute.experimental.CommunicationOptions(implementation=impl)
+    _configure_coordination(cfg, timeout)
+    t0 = time.monotonic()
     try:
-        return _bounded(lambda: tf.distribute.MultiWorkerMirroredStrategy(communication_options=options),
-                        timeout, "multi-worker-setup")
-    except TimeoutError:
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    except tf.errors.OpError as e:  # DeadlineExceeded ("Barrier timed out"), Unavailable, ...
+        waited = time.monotonic() - t0
         missing = []
         for a in peers:
             hp = _host_port(a)
@@ -290,11 +336,16 @@ def _multi_worker(runtime: RuntimeConfig) -> tf.distribute.Strategy:
             if why is not None:
                 missing.append(f"{a} ({why})")
         who = (f"unreachable peer(s): {', '.join(missing)}" if missing
-               else f"all peers accept connections ({', '.join(peers)}) but did not join")
+               else f"peers {', '.join(peers)} accept connections but did not join" if peers
+               else "no peers")
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        got = f"got TF_CONFIG task {task['type']}:{task['index']} at {me} in cluster {json.dumps(cfg['cluster'])}"
+        if not isinstance(e, (tf.errors.DeadlineExceededError, tf.errors.UnavailableError)):
+            raise RuntimeError(f"multi_worker: setting up the cluster failed after {waited:.1f}s: "
+                               f"{type(e).__name__}: {first}; {who}; {got}") from None
         raise TimeoutError(
-            f"multi_worker: the cluster did not form within runtime.worker_timeout_s={timeout:g}s; "
-            f"{who} (the process should exit now); got TF_CONFIG task {task['type']}:{task['index']} "
-            f"at {me} with cluster {json.dumps(cfg['cluster'])}") from None
+            f"multi_worker: the cluster did not form within runtime.worker_timeout_s={timeout:g}s "
+            f"(waited {waited:.1f}s; {first}); {who}; the process should exit now; {got}") from None
 
 
 # ----------------------------------------------------------------------------- strategies
@@ -345,13 +396,20 @@ def make_strategy(runtime: RuntimeConfig) -> tf.distribute.Strategy:
     return _tpu(runtime)
 
 
+def _name(strategy: tf.distribute.Strategy) -> str:
+    """The public name of the strategy's class (MultiWorkerMirroredStrategy, not its alias)."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "MultiWorkerMirroredStrategy"
+    return type(strategy).__name__
+
+
 def describe(strategy: tf.distribute.Strategy) -> str:
     """One line for the log: strategy class, replicas in sync, devices."""
     try:
         devices = tuple(strategy.extended.worker_devices)
     except (RuntimeError, AttributeError, ValueError):
         devices = ()
-    return (f"{type(strategy).__name__}: {strategy.num_replicas_in_sync} replica(s) in sync"
+    return (f"{_name(strategy)}: {strategy.num_replicas_in_sync} replica(s) in sync"
             + (f" on {', '.join(devices)}" if devices else ""))
 
 
@@ -377,7 +435,7 @@ def jit_allowed(strategy: tf.distribute.Strategy, requested: bool | str, *,
         XLA on the replica function fails (trap 5: variables on another device), or a value
         other than true / false / "auto".
     """
-    name = type(strategy).__name__
+    name = _name(strategy)
     multi = _multi_replica(strategy)
     if requested is True:
         if multi:

@@ -60,7 +60,8 @@ class Trainer:
             return pipeline.train_stream(
                 self.train_source, global_batch=d.batch_size, seed=self.cfg.trainer.seed,
                 shuffle_buffer=d.shuffle_buffer, cache=d.cache, num_examples=n,
-                start_batch=start_step * self.batches_per_step)
+                start_batch=start_step * self.batches_per_step,
+                augment=getattr(self.train_source, "_tapeline_augment", None))
 
         return pipeline.distribute(self.strategy, make)
 
@@ -95,10 +96,16 @@ def _dataset(cfg_section: Any, split: str, section: str) -> tf.data.Dataset:
     factory = registry.DATASETS.get(cfg_section.name)
     registry.check_kwargs(factory, cfg_section.kwargs, section=section, reserved=("split",))
     ds = factory(split=split, **cfg_section.kwargs)
+    augment = None
+    if isinstance(ds, tuple) and len(ds) == 2 and callable(ds[1]):
+        # (dataset, augment): augment((x, y, w), seed) runs per epoch after the cache.
+        ds, augment = ds
     if not isinstance(ds, tf.data.Dataset):
-        raise ValueError(f"{section}: dataset factory {cfg_section.name!r} must return a tf.data.Dataset; "
-                         f"got {type(ds).__name__}")
-    return pipeline.with_weights(ds)
+        raise ValueError(f"{section}: dataset factory {cfg_section.name!r} must return a tf.data.Dataset "
+                         f"(or (dataset, augment_fn)); got {type(ds).__name__}")
+    out = pipeline.with_weights(ds)
+    out._tapeline_augment = augment if split == "train" else None  # noqa: SLF001 - carried to train_stream
+    return out
 
 
 def _output_units(model: keras.Model) -> int | None:

@@ -7,7 +7,8 @@ Builds the strategy with `framework.distribute.make_strategy`, all-reduces `inde
 workers, then trains a tiny Keras linear model for a few steps with a custom loop in
 `strategy.run` (each worker feeds different data; the optimizer all-reduces the gradients, so
 the weights must stay identical). Prints one JSON line on stdout:
-`{"index": i, "sum": ..., "replicas": ..., "losses": [...], "weights": [[...], ...]}`.
+`{"index": i, "sum": ..., "replicas": ..., "losses": [...], "weights": [[...], ...], "describe": ...,
+"jit_auto": ...}`.
 If the strategy cannot be built, prints the error on stderr and exits with status 3.
 """
 from __future__ import annotations
@@ -89,6 +90,8 @@ def main() -> None:
         os._exit(3)  # a thread may still be blocked inside TensorFlow: do not wait for it
     setup_s = time.monotonic() - t0
     result = _train(strategy, index, args.steps)
+    result["describe"] = distribute.describe(strategy)
+    result["jit_auto"] = distribute.jit_allowed(strategy, "auto", model_has_conv=False)[0]
     result["setup_s"] = round(setup_s, 2)
     result["total_s"] = round(time.monotonic() - t0, 2)
     print(json.dumps(result), flush=True)

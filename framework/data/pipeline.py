@@ -65,7 +65,7 @@ def _check_static(ds: tf.data.Dataset, name: str) -> None:
 
 def train_stream(source: tf.data.Dataset, *, global_batch: int, seed: int, shuffle_buffer: int,
                  cache: bool, start_batch: int = 0, num_examples: int | None = None,
-                 name: str = "task.train_data") -> tf.data.Dataset:
+                 name: str = "task.train_data", augment: Callable | None = None) -> tf.data.Dataset:
     """Infinite dataset of global batches, positioned at global batch `start_batch`.
 
     Args:
@@ -77,6 +77,9 @@ def train_stream(source: tf.data.Dataset, *, global_batch: int, seed: int, shuff
       start_batch: the first global batch to yield (resume position).
       num_examples: the source's size if finite (counted when None), -1 if infinite.
       name: config section, for messages.
+      augment: optional `fn((x, y, w), seed) -> (x, y, w)` applied after the cache, with a
+        stateless seed of (epoch, position in epoch): each epoch sees new augmentations and a
+        resumed run sees exactly the ones an uninterrupted run would.
     """
     _check_static(source, name)
     n = count(source, name=name) if num_examples is None else num_examples
@@ -88,11 +91,16 @@ def train_stream(source: tf.data.Dataset, *, global_batch: int, seed: int, shuff
         first_epoch, offset = divmod(position, n)
 
         def epoch(e: tf.Tensor) -> tf.data.Dataset:
-            if buffer <= 1:
-                return source
-            # A fixed per-epoch seed makes epoch e the same permutation in every run.
-            return source.shuffle(buffer, seed=tf.cast(seed, tf.int64) * 1_000_003 + e,
-                                  reshuffle_each_iteration=False)
+            ds = source
+            if buffer > 1:
+                # A fixed per-epoch seed makes epoch e the same permutation in every run.
+                ds = source.shuffle(buffer, seed=tf.cast(seed, tf.int64) * 1_000_003 + e,
+                                    reshuffle_each_iteration=False)
+            if augment is not None:
+                ds = ds.enumerate().map(
+                    lambda i, elem: augment(elem, tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + e, i])),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            return ds
 
         stream = tf.data.Dataset.range(first_epoch, tf.int64.max).flat_map(epoch).skip(offset)
         ds = stream.batch(global_batch, drop_remainder=True)
