@@ -235,7 +235,7 @@ class Controller:
             eta = elapsed / max(step - start_step, 1) * (total - step)
             shown = {k: v for k, v in values.items() if "/" not in k and k not in ("grad_norm_clipped", "clipped_fraction")}
             summ.log(summ.log_line("train", step=step, total=total, values=shown,
-                                   examples_per_sec=rates["examples_per_sec"], eta_s=eta))
+                                   examples_per_sec=rates["examples_per_sec"], eta_s=eta), live=True)
             self.ctx.train_logs = values
             self._dispatch("train_loop_end")
             if self._preempted.is_set():
@@ -293,6 +293,13 @@ class Controller:
             out[f"learning_rate/{g}"] = lr
         return out
 
+    def _per_class_report(self, cm: np.ndarray, step: int) -> None:
+        """Writes per-class P/R/F1 and the confusion matrix to model_dir and TensorBoard."""
+        report = {"step": step, **per_class(cm)}
+        summ.write_json(os.path.join(self.model_dir, "eval_per_class.json"), report)
+        self.summaries.image("eval", "confusion_matrix", summ.confusion_image(cm), step)
+        self.summaries.text("eval", "per_class", summ.per_class_table(report["classes"]), step=step)
+
     def evaluate(self, *, step: int | None = None) -> dict[str, float]:
         """Evaluates on the whole eval set (or `trainer.eval_steps` batches); writes metrics.json."""
         if self.t.eval_source is None:
@@ -314,6 +321,9 @@ class Controller:
             v = _scalar(m.result())
             if v is not None:
                 values[name] = v
+        cm = s.eval_metrics.get("_confusion")
+        if cm is not None:
+            self._per_class_report(np.asarray(cm.result()), step)
         self.summaries.scalars("eval", step, values)
         summ.log(summ.log_line("eval", step=step, total=self.t.total_steps, values=values))
         self.last_eval = values
@@ -322,6 +332,20 @@ class Controller:
         self.ctx.eval_logs = values
         self._dispatch("eval_end")
         return values
+
+
+def per_class(cm: np.ndarray) -> dict[str, Any]:
+    """Per-class precision, recall, F1 and support from a [true, predicted] confusion matrix."""
+    tp = np.diag(cm)
+    pred = cm.sum(axis=0)
+    true = cm.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(pred > 0, tp / np.maximum(pred, 1e-30), 0.0)
+        recall = np.where(true > 0, tp / np.maximum(true, 1e-30), 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-30), 0.0)
+    return {"classes": [{"class": i, "precision": float(precision[i]), "recall": float(recall[i]),
+                         "f1": float(f1[i]), "support": float(true[i])} for i in range(len(tp))],
+            "confusion_matrix": cm.tolist()}
 
 
 def _scalar(value: Any) -> float | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from typing import Any, Mapping
 
 import tensorflow as tf
@@ -83,6 +84,13 @@ class Summaries:
         with self.writer("train").as_default():
             hp.hparams(clean)
 
+    def image(self, run: str, tag: str, png: bytes, step: int) -> None:
+        """Writes one PNG image."""
+        w = self.writer(run)
+        with w.as_default(step=step):
+            tf.summary.image(tag, tf.io.decode_png(png)[None])
+        w.flush()
+
     def close(self) -> None:
         for w in self._writers.values():
             w.close()
@@ -98,5 +106,56 @@ def write_json(path: str, data: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def log(line: str) -> None:
+_live = {"pending": False}
+
+
+def log(line: str, *, live: bool = False, stream: Any = None) -> None:
+    """Logs one line; with `live` on a terminal, redraws a single progress line instead.
+
+    Off a terminal (files, CI, pipes) every line is a plain greppable log line.
+    """
+    stream = stream or sys.stderr
+    if live and hasattr(stream, "isatty") and stream.isatty():
+        stream.write("\r\033[K" + line)
+        stream.flush()
+        _live["pending"] = True
+        return
+    if _live["pending"]:
+        stream.write("\n")
+        _live["pending"] = False
     logging.info("%s", line)
+
+
+def confusion_image(cm: Any) -> bytes:
+    """The confusion matrix as a PNG (rows: true class, columns: predicted)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cm = np.asarray(cm)
+    n = cm.shape[0]
+    fig, ax = plt.subplots(figsize=(2 + 0.45 * n, 2 + 0.45 * n))
+    ax.imshow(cm, cmap="Blues")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{cm[i, j]:g}", ha="center", va="center", fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def per_class_table(rows: list[dict]) -> str:
+    lines = ["| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
+    lines += [f"| {r['class']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']:g} |"
+              for r in rows]
+    return "\n".join(lines)

@@ -180,6 +180,10 @@ def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, *,
         num_classes = units
         train_metrics = metrics_lib.build(list(t.metrics), num_classes=num_classes, from_logits=from_logits)
         eval_metrics = metrics_lib.build(list(t.metrics), num_classes=num_classes, from_logits=from_logits)
+        if _is_classification(t.loss.name) and "_confusion" not in eval_metrics:
+            # Always kept for the per-class report written after each evaluation.
+            eval_metrics["_confusion"] = metrics_lib.ConfusionMatrix(
+                num_classes=max(num_classes, 2), from_logits=from_logits, name="_confusion")
 
     sparse = "sparse" in t.loss.name
     class_weights = None
@@ -228,6 +232,10 @@ def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, *,
                    lr_factor=lr_factor, schedule=schedule, total_steps=total_steps, num_train_examples=n_train,
                    num_classes=num_classes, train_source=train_source, eval_source=eval_source,
                    num_eval_examples=n_eval, batches_per_step=batches_per_step, jit_reason=reason)
+
+
+def _is_classification(loss_name: str) -> bool:
+    return "crossentropy" in loss_name or "hinge" in loss_name
 
 
 def _has_conv(model: keras.Model) -> bool:

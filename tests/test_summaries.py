@@ -94,3 +94,49 @@ def test_ema_weights_are_used_for_eval_and_restored_after(tmp_path):
     logits = t.model(x, training=False).numpy()
     t.steps.swap_ema()
     assert ev["accuracy"] == pytest.approx(float(np.mean(np.argmax(logits, 1) == y)), abs=1e-6)
+
+
+class _Stream:
+    def __init__(self, tty):
+        self.tty, self.text = tty, ""
+
+    def isatty(self):
+        return self.tty
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+
+def test_progress_is_a_live_line_on_a_terminal_and_plain_lines_otherwise(caplog):
+    tty = _Stream(True)
+    summ.log("train | step 1/2", live=True, stream=tty)
+    summ.log("train | step 2/2", live=True, stream=tty)
+    assert tty.text.count("\r") == 2 and "\n" not in tty.text
+    summ.log("eval | step 2/2", stream=tty)  # ends the live line first
+    assert tty.text.endswith("\n")
+    pipe = _Stream(False)
+    with caplog.at_level("INFO"):
+        summ.log("train | step 1/2", live=True, stream=pipe)
+    assert pipe.text == "" and "train | step 1/2" in caplog.text
+
+
+def test_per_class_report_and_confusion_image(tmp_path):
+    x, y = C.toy_classification(n=64)
+    C.set_arrays("pc", x, y)
+    cfg = C.make_config(task={"train_data": {"key": "pc"}, "eval_data": {"key": "pc"}})
+    t = trainer_lib.build(cfg, tf.distribute.get_strategy())
+    ctl = controller_lib.Controller(trainer=t, model_dir=str(tmp_path))
+    ctl.train(evaluate=True)
+    import json
+    import sklearn.metrics
+    rep = json.loads((tmp_path / "eval_per_class.json").read_text())
+    pred = np.argmax(t.model(x, training=False).numpy(), 1)
+    np.testing.assert_array_equal(np.array(rep["confusion_matrix"]), sklearn.metrics.confusion_matrix(y, pred))
+    p, r, f, s = sklearn.metrics.precision_recall_fscore_support(y, pred, zero_division=0)
+    for i, row in enumerate(rep["classes"]):
+        assert row["precision"] == pytest.approx(p[i]) and row["recall"] == pytest.approx(r[i])
+        assert row["f1"] == pytest.approx(f[i]) and row["support"] == s[i]
+    assert "confusion_matrix" in _tags(tmp_path / "eval")
