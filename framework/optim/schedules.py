@@ -85,7 +85,10 @@ def exponential(*, base_lr: float, total_steps: int, decay_rate: float = 0.96, d
 @registry.register_schedule("piecewise")
 def piecewise(*, base_lr: float, total_steps: int, boundaries: Sequence[int] = (),
               multipliers: Sequence[float] | None = None, values: Sequence[float] | None = None) -> Schedule:
-    """Constant pieces: `values` (absolute) or `multipliers` of base_lr, one more than boundaries."""
+    """Constant pieces: `values` (absolute) or `multipliers` of base_lr, one more than boundaries.
+
+    As Keras PiecewiseConstantDecay: values[i] while step <= boundaries[i].
+    """
     b = list(boundaries)
     _check(all(x < y for x, y in zip(b, b[1:])), "boundaries", b, "strictly increasing steps")
     if values is None:
@@ -96,7 +99,7 @@ def piecewise(*, base_lr: float, total_steps: int, boundaries: Sequence[int] = (
            f"{len(b) + 1} entries (one more than boundaries {b})")
 
     def fn(step):
-        idx = tf.searchsorted(tf.constant(b, tf.int64), tf.reshape(tf.cast(step, tf.int64), [1]), side="right")[0] \
+        idx = tf.searchsorted(tf.constant(b, tf.int64), tf.reshape(tf.cast(step, tf.int64), [1]), side="left")[0] \
             if b else tf.constant(0)
         return tf.gather(tf.constant(values, tf.float32), idx)
     return fn
