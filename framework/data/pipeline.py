@@ -186,11 +186,11 @@ def check_sparse_labels(labels: np.ndarray, *, num_classes: int, name: str) -> N
     if not np.issubdtype(flat.dtype, np.integer):
         if not np.all(np.equal(np.mod(flat, 1), 0)):
             bad = flat[np.mod(flat, 1) != 0][0]
-            raise ValueError(f"{name}: sparse labels must be integer class ids; got {bad!r}")
+            raise ValueError(f"{name}: sparse labels must be integer class ids; got {bad.item()!r}")
     bad = np.nonzero((flat < 0) | (flat >= num_classes))[0]
     if bad.size:
         i = int(bad[0])
         raise ValueError(
-            f"{name}: label {flat[i]!r} at example {i} is outside [0, {num_classes}) for a model with "
+            f"{name}: label {flat[i].item()!r} at example {i} is outside [0, {num_classes}) for a model with "
             f"{num_classes} outputs ({bad.size} such labels); got labels in "
-            f"[{flat.min()!r}, {flat.max()!r}]")
+            f"[{flat.min().item()!r}, {flat.max().item()!r}]")
