@@ -55,3 +55,25 @@ def test_unknown_group_in_phase_is_an_error(tmp_path):
         assert "bodyy" in str(e) and "body" in str(e)
     else:
         raise AssertionError("expected a ValueError naming the unknown group")
+
+
+def test_batchnorm_of_frozen_group_runs_in_inference_mode(tmp_path):
+    x, y = C.toy_classification(n=64)
+    C.set_arrays("bnf", x, y)
+
+    def run(freeze_bn, d):
+        cfg = C.make_config(
+            task={"model": {"hidden": 8, "batchnorm": True}, "train_data": {"key": "bnf"}, "eval_data": {"name": ""}},
+            trainer={"train_steps": 4, "steps_per_loop": 2, "freeze_bn_in_frozen_groups": freeze_bn,
+                     "phases": [{"start_step": 0, "trainable": {"body": False}}]},
+            optimizer={"name": "adam", "param_groups": [{"pattern": "^(hidden|bn)/", "name": "body"}]})
+        t = trainer_lib.build(cfg, tf.distribute.get_strategy())
+        bn = t.model.get_layer("bn")
+        before = bn.moving_mean.numpy().copy()
+        controller_lib.Controller(trainer=t, model_dir=str(d)).train(evaluate=False)
+        return before, bn.moving_mean.numpy()
+
+    before, after = run(True, tmp_path / "a")
+    np.testing.assert_array_equal(before, after)  # statistics frozen with the weights
+    before, after = run(False, tmp_path / "b")
+    assert not np.array_equal(before, after)  # the option off: BN keeps updating its statistics

@@ -179,3 +179,16 @@ def test_optimizer_outside_scope_is_wrong_ours_is_right():
     t = trainer_lib.build(_cfg(task={"eval_data": {"name": ""}}), s)
     t.steps.train_loop(iter(t.train_dataset(start_step=0)), 3, list(range(len(t.groups.variables))))
     assert int(t.optimizer.iterations.numpy()) == 3
+
+
+def test_bfloat16_trains_with_groups(tmp_path):
+    cfg = _cfg(task={"eval_data": {"name": ""}}, optimizer={"name": "adam", "param_groups": [{"pattern": "^out/"}]})
+    cfg.runtime.precision = "mixed_bfloat16"
+    try:
+        t = trainer_lib.build(cfg, tf.distribute.get_strategy())
+        assert t.model.get_layer("out").compute_dtype == "bfloat16"
+        assert t.model.get_layer("out").kernel.dtype == "float32"  # float32 master weights
+        t.steps.train_loop(iter(t.train_dataset(start_step=0)), 3, list(range(len(t.groups.variables))))
+        assert int(t.optimizer.iterations.numpy()) == 3 and np.isfinite(float(t.steps.loss_mean.result()))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
