@@ -95,3 +95,19 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
     t = trainer_lib.build(_cfg(16), tf.distribute.get_strategy())
     ctl = controller_lib.Controller(trainer=t, model_dir=str(tmp_path))
     assert ctl.restore() == 8
+
+
+def test_train_epochs_sets_total_steps(tmp_path):
+    cfg = _cfg(100)
+    cfg.trainer.train_epochs = 2.0  # 60 examples, batch 8 -> 15 steps
+    t = trainer_lib.build(cfg, tf.distribute.get_strategy())
+    assert t.total_steps == 15
+
+
+def test_eval_mode_restores_and_evaluates(tmp_path):
+    from framework import main as main_lib
+    _run(_cfg(8), tmp_path)
+    out = main_lib.run(_cfg(8), model_dir=str(tmp_path), mode="eval")
+    assert out["step"] == 8 and set(out["eval"]) >= {"loss", "accuracy"}
+    with pytest.raises(main_lib.UserError, match="no checkpoint"):
+        main_lib.run(_cfg(8), model_dir=main_lib.check_model_dir(str(tmp_path / "empty")), mode="eval")

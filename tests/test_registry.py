@@ -1,0 +1,48 @@
+"""Registry: one per kind, duplicates raise, misses list names, kwargs checked against signatures."""
+import pytest
+
+from framework import registry
+
+
+def test_duplicate_name_raises_and_miss_lists_registered():
+    r = registry.Registry(kind="widget")
+
+    @r.register("a")
+    def a(x=1):
+        return x
+
+    with pytest.raises(ValueError, match="widget.*'a'"):
+        r.register("a")(lambda: None)
+    with pytest.raises(KeyError, match=r"widget 'b'.*a"):
+        r.get("b")
+
+
+def test_build_checks_kwargs_and_passes_extra_only_if_accepted():
+    r = registry.Registry(kind="thing")
+
+    @r.register("t")
+    def t(width=2, *, num_classes=None):
+        return width, num_classes
+
+    assert registry.build(r, "t", {"width": 3}, section="task.model", extra={"num_classes": 5, "other": 1}) == (3, 5)
+    with pytest.raises(ValueError, match=r"task.model: unknown key\(s\) widht.*accepts:.*width"):
+        registry.build(r, "t", {"widht": 3}, section="task.model")
+
+
+def test_every_kind_has_a_registry_with_builtins():
+    registry.import_builtin_components()
+    registry.import_experiments()
+    assert "digits_cnn" in registry.EXPERIMENTS and "digits_cnn" in registry.MODELS
+    assert {"digits", "arrays", "image_folder", "tfrecord", "csv", "numpy"} <= set(registry.DATASETS.names())
+    assert {"sparse_categorical_crossentropy", "mse"} <= set(registry.LOSSES.names())
+    assert {"adam", "adamw", "sgd", "lion", "lamb"} <= set(registry.OPTIMIZERS.names())
+    assert {"cosine", "one_cycle", "piecewise"} <= set(registry.SCHEDULES.names())
+    assert {"accuracy", "f1", "auc", "rmse"} <= set(registry.METRICS.names())
+    assert {"early_stopping", "reduce_lr_on_plateau", "best_checkpoint", "export"} <= set(registry.HOOKS.names())
+
+
+def test_import_module_refuses_paths():
+    for bad in ("../x.py", "experiments/digits_cnn.py", "/abs/mod", "a..b"):
+        with pytest.raises(ValueError, match="never a file path"):
+            registry.import_module(bad)
+    assert registry.import_module("tests._mw_experiment").__name__ == "tests._mw_experiment"
