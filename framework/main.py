@@ -145,8 +145,7 @@ def _run_built(cfg: Any, strategy: Any, *, model_dir: str, mode: str, hparams: d
 
     try:
         # Hooks first: their kwargs are checked before the (slower) data and model build.
-        hooks = [registry.build(registry.HOOKS, h.name, h.kwargs, section=f"hooks[{i}]")
-                 for i, h in enumerate(cfg.hooks)]
+        hooks = build_hooks(cfg.hooks)
         trainer = trainer_lib.build(cfg, strategy)
     except (ValueError, KeyError) as e:  # config that only the data or model can refute
         raise UserError(str(e)) from None
@@ -165,6 +164,23 @@ def _run_built(cfg: Any, strategy: Any, *, model_dir: str, mode: str, hparams: d
         return {"step": int(trainer.global_step.numpy()), "eval": ctl.evaluate()}
     step = ctl.train(evaluate=mode == "train_and_eval")
     return {"step": step, "eval": ctl.last_eval, "history": ctl.eval_history}
+
+
+def build_hooks(hook_cfgs: Sequence[Any]) -> list[Any]:
+    """Builds `hooks: [{name, every_n_steps?, ...kwargs}]` (every_n_steps is the framework's key)."""
+    from framework import registry
+    from framework.hooks import every_n_steps
+
+    out = []
+    for i, h in enumerate(hook_cfgs):
+        kwargs = dict(h.kwargs)
+        n = kwargs.pop("every_n_steps", None)
+        hook = registry.build(registry.HOOKS, h.name, kwargs, section=f"hooks[{i}]")
+        if not callable(hook):
+            raise ValueError(f"hooks[{i}]: factory {h.name!r} must return a callable hook(event, ctx); "
+                             f"got {type(hook).__name__}")
+        out.append(every_n_steps(n, hook) if n is not None else hook)
+    return out
 
 
 def main(argv: Sequence[str]) -> int:

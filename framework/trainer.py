@@ -197,6 +197,8 @@ def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, *,
         if t.class_weight is not None:
             ncls = units if units > 1 else 2
             class_weights = class_weight_vector(t.class_weight, labels, ncls)
+            logging.info("class weights (%s): %s", t.class_weight if isinstance(t.class_weight, str) else "given",
+                         ", ".join(f"{i}: {w:.4g}" for i, w in enumerate(class_weights)))
 
     variables = list(model.trainable_variables)
     if not variables:

@@ -16,12 +16,13 @@ from framework.hooks.early_stopping import resolve_mode
 class BestCheckpoint:
     """Keeps the `keep` best model checkpoints; `best/best.json` lists them with their metrics."""
 
-    def __init__(self, *, monitor: str = "loss", mode: str = "auto", keep: int = 1) -> None:
+    def __init__(self, *, monitor: str = "loss", mode: str = "auto", keep: int = 1, export: bool = False) -> None:
         if keep < 1:
             raise ValueError(f"hooks.best_checkpoint.keep: expected an integer >= 1; got {keep!r}")
         self.monitor = monitor
         self.mode = resolve_mode(mode, monitor, section="hooks.best_checkpoint")
         self.keep = keep
+        self.export = export  # also export the best model (.keras + SavedModel) to best/export
         self._ckpt = None
 
     def _dir(self, ctx: RunContext) -> str:
@@ -66,8 +67,12 @@ class BestCheckpoint:
             json.dump(ranked, f, indent=1)
         os.replace(tmp, os.path.join(d, "best.json"))
         logging.info("best_checkpoint: step %d %s=%.6g kept in %s", ctx.step, self.monitor, value, d)
+        if self.export and ranked[0]["step"] == ctx.step:
+            from framework.hooks.export import export_model
+
+            export_model(ctx.model, os.path.join(d, "export"))
 
 
 @registry.register_hook("best_checkpoint")
-def best_checkpoint(monitor: str = "loss", mode: str = "auto", keep: int = 1) -> BestCheckpoint:
-    return BestCheckpoint(monitor=monitor, mode=mode, keep=keep)
+def best_checkpoint(monitor: str = "loss", mode: str = "auto", keep: int = 1, export: bool = False) -> BestCheckpoint:
+    return BestCheckpoint(monitor=monitor, mode=mode, keep=keep, export=export)

@@ -36,6 +36,11 @@ class RunContext:
         return self._c.model_dir
 
     @property
+    def base_learning_rate(self) -> float:
+        """`optimizer.learning_rate` (the schedule's base)."""
+        return float(self._c.cfg.optimizer.learning_rate)
+
+    @property
     def lr_factor(self) -> float:
         return float(self._c.t.lr_factor.numpy())
 
@@ -56,18 +61,31 @@ class RunContext:
             v.assign(w)
 
 
-def every_n_steps(n: int, fn: Callable[[str, RunContext], None], *, event: str = "train_loop_end") -> Callable:
-    """Wraps `fn` so it runs on `event` only when the step crossed a multiple of `n`."""
-    if n <= 0:
-        raise ValueError(f"every_n_steps: n must be > 0; got {n!r}")
-    last = {"k": None}
+class EveryNSteps:
+    """Runs a hook's `train_loop_end` only when the step crossed a multiple of `n`.
 
-    def hook(ev: str, ctx: RunContext) -> None:
-        if ev != event:
-            return
-        k = ctx.step // n
-        if last["k"] is None or k != last["k"]:
-            last["k"] = k
-            fn(ev, ctx)
+    Other events pass through; `state()` / `load_state()` of the wrapped hook are kept.
+    """
 
-    return hook
+    def __init__(self, n: int, hook: Callable[[str, RunContext], None]) -> None:
+        if not isinstance(n, int) or n <= 0:
+            raise ValueError(f"every_n_steps: expected an integer > 0; got {n!r}")
+        self.n, self.hook = n, hook
+        self._last: int | None = None
+        if hasattr(hook, "state"):
+            self.state = hook.state
+        if hasattr(hook, "load_state"):
+            self.load_state = hook.load_state
+
+    def __call__(self, event: str, ctx: RunContext) -> None:
+        if event == "train_loop_end":
+            k = ctx.step // self.n
+            if self._last is not None and k == self._last:
+                return
+            self._last = k
+        self.hook(event, ctx)
+
+
+def every_n_steps(n: int, hook: Callable[[str, RunContext], None]) -> EveryNSteps:
+    """`hooks: [{name: x, every_n_steps: 500}]` wraps hook x with this."""
+    return EveryNSteps(n, hook)

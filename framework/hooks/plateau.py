@@ -12,7 +12,8 @@ class ReduceLROnPlateau:
     """Scales the LR factor (a variable read by the compiled step: no retrace)."""
 
     def __init__(self, *, monitor: str = "loss", mode: str = "auto", factor: float = 0.5, patience: int = 2,
-                 min_delta: float = 0.0, cooldown: int = 0, min_factor: float = 1e-4) -> None:
+                 min_delta: float = 0.0, cooldown: int = 0, min_factor: float = 1e-4,
+                 min_lr: float | None = None) -> None:
         if not 0.0 < factor < 1.0:
             raise ValueError(f"hooks.reduce_lr_on_plateau.factor: expected a number in (0, 1); got {factor!r}")
         if patience < 1:
@@ -21,6 +22,7 @@ class ReduceLROnPlateau:
         self.mode = resolve_mode(mode, monitor, section="hooks.reduce_lr_on_plateau")
         self.factor, self.patience, self.min_delta = factor, patience, float(min_delta)
         self.cooldown, self.min_factor = cooldown, min_factor
+        self.min_lr = min_lr  # floor on the base learning rate (as Keras's min_lr)
         self.best: float | None = None
         self.wait = 0
         self.cooldown_left = 0
@@ -50,7 +52,10 @@ class ReduceLROnPlateau:
             return
         self.wait += 1
         if self.wait >= self.patience:
-            new = max(ctx.lr_factor * self.factor, self.min_factor)
+            floor = self.min_factor
+            if self.min_lr is not None:
+                floor = max(floor, self.min_lr / ctx.base_learning_rate)
+            new = max(ctx.lr_factor * self.factor, floor)
             if new < ctx.lr_factor:
                 ctx.set_lr_factor(new)
                 self.reductions.append(ctx.step)
@@ -62,6 +67,7 @@ class ReduceLROnPlateau:
 
 @registry.register_hook("reduce_lr_on_plateau")
 def reduce_lr_on_plateau(monitor: str = "loss", mode: str = "auto", factor: float = 0.5, patience: int = 2,
-                         min_delta: float = 0.0, cooldown: int = 0, min_factor: float = 1e-4) -> ReduceLROnPlateau:
+                         min_delta: float = 0.0, cooldown: int = 0, min_factor: float = 1e-4,
+                         min_lr: float | None = None) -> ReduceLROnPlateau:
     return ReduceLROnPlateau(monitor=monitor, mode=mode, factor=factor, patience=patience, min_delta=min_delta,
-                             cooldown=cooldown, min_factor=min_factor)
+                             cooldown=cooldown, min_factor=min_factor, min_lr=min_lr)

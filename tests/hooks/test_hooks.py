@@ -117,3 +117,59 @@ def test_export_predictions_match_and_load_safely(tmp_path):
     sm = tf.saved_model.load(paths["saved_model"])
     out = sm.serve(tf.constant(x))
     np.testing.assert_allclose(out.numpy(), model(x).numpy(), rtol=1e-6)
+
+
+def test_every_n_steps_runs_on_crossing_multiples_and_keeps_state(tmp_path):
+    from framework.hooks import every_n_steps
+    seen = []
+
+    class H:
+        def __call__(self, event, ctx):
+            seen.append((event, ctx.step))
+
+        def state(self):
+            return {"n": len(seen)}
+
+        def load_state(self, s):
+            pass
+
+    ctx = FakeCtx(tmp_path)
+    h = every_n_steps(10, H())
+    for step in (4, 8, 12, 16, 20, 31):
+        ctx.step = step
+        h("train_loop_end", ctx)
+    h("end", ctx)
+    assert seen == [("train_loop_end", 4), ("train_loop_end", 12), ("train_loop_end", 20),
+                    ("train_loop_end", 31), ("end", 31)]
+    assert h.state() == {"n": 5}
+
+
+def test_hooks_from_config_with_every_n_steps():
+    from framework import config as config_lib
+    from framework import main as main_lib
+    cfg = config_lib.resolve({"task": {"model": {"name": "m"}, "train_data": {"name": "d"}},
+                              "hooks": [{"name": "early_stopping", "patience": 2, "every_n_steps": 5}]})
+    hooks = main_lib.build_hooks(cfg.hooks)
+    assert hooks[0].n == 5 and hooks[0].hook.patience == 2 and hasattr(hooks[0], "state")
+    bad = config_lib.resolve({"task": {"model": {"name": "m"}, "train_data": {"name": "d"}},
+                              "hooks": [{"name": "early_stopping", "patiense": 2}]})
+    with pytest.raises(ValueError, match=r"hooks\[0\].*patiense"):
+        main_lib.build_hooks(bad.hooks)
+
+
+def test_plateau_min_lr_floor(tmp_path):
+    ctx = FakeCtx(tmp_path)
+    ctx.base_learning_rate = 0.1
+    p = ReduceLROnPlateau(monitor="loss", factor=0.1, patience=1, min_lr=0.005)
+    for i, v in enumerate([1.0, 1.0, 1.0, 1.0], start=1):
+        ctx.evaluate(i, v, [p])
+    assert ctx.lr_factor == pytest.approx(0.05)  # 0.1 * 0.05 = min_lr
+
+
+def test_best_checkpoint_exports_best_model(tmp_path):
+    ctx = FakeCtx(tmp_path)
+    h = BestCheckpoint(monitor="loss", keep=1, export=True)
+    ctx.evaluate(1, 0.5, [h])
+    assert (tmp_path / "best" / "export" / "model.keras").exists()
+    loaded = keras.saving.load_model(str(tmp_path / "best" / "export" / "model.keras"), safe_mode=True)
+    assert float(loaded.get_layer("d").bias.numpy()[0]) == 1.0
