@@ -89,7 +89,6 @@ class TrainerConfig:
     phases: list = dataclasses.field(default_factory=list)
     freeze_bn_in_frozen_groups: bool = True
     ema_decay: Optional[float] = None  # exponential moving average of weights; eval uses it
-    log_every_loop: bool = True
 
 
 @dataclasses.dataclass
