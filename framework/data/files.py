@@ -130,6 +130,18 @@ def tfrecord(split: str, files: Any = None, eval_files: Any = None, features: di
     return tf.data.TFRecordDataset(paths).map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
+def _select(x: np.ndarray, y: np.ndarray, *, split: str, eval_path: str | None, validation_fraction: float,
+            seed: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of `split`: everything from an eval file, else the seeded train/eval division of one file."""
+    if split == "eval" and eval_path:
+        return x, y
+    if split == "eval" and validation_fraction == 0.0:
+        raise ValueError(f"{name}: the eval split needs eval_path or validation_fraction > 0; "
+                         f"got eval_path={eval_path!r}, validation_fraction={validation_fraction!r}")
+    idx = _split_rows(len(x), split, validation_fraction, seed)
+    return x[idx], y[idx]
+
+
 @registry.register_dataset("csv")
 def csv_file(split: str, path: str = "", eval_path: str | None = None, label_column: str = "label",
              feature_columns: Sequence[str] | None = None, validation_fraction: float = 0.0,
@@ -155,12 +167,8 @@ def csv_file(split: str, path: str = "", eval_path: str | None = None, label_col
     except ValueError as e:
         raise ValueError(f"csv.path: non-numeric value in {source!r} ({e})") from None
     y = yf.astype(np.int32) if np.all(np.equal(np.mod(yf, 1), 0)) else yf.astype(np.float32)
-    if not (split == "eval" and eval_path):
-        if split == "eval" and validation_fraction == 0.0:
-            raise ValueError("csv: the eval split needs eval_path or validation_fraction > 0; "
-                             f"got eval_path={eval_path!r}, validation_fraction={validation_fraction!r}")
-        idx = _split_rows(len(x), split, validation_fraction, seed)
-        x, y = x[idx], y[idx]
+    x, y = _select(x, y, split=split, eval_path=eval_path, validation_fraction=validation_fraction, seed=seed,
+                   name="csv")
     return tf.data.Dataset.from_tensor_slices((x, y))
 
 
@@ -178,12 +186,8 @@ def numpy_file(split: str, path: str = "", eval_path: str | None = None, x_key: 
         x, y = data[x_key], data[y_key]
     if len(x) != len(y):
         raise ValueError(f"numpy: {x_key} and {y_key} differ in length; got {len(x)} and {len(y)}")
-    if not (split == "eval" and eval_path):
-        if split == "eval" and validation_fraction == 0.0:
-            raise ValueError("numpy: the eval split needs eval_path or validation_fraction > 0; "
-                             f"got eval_path={eval_path!r}, validation_fraction={validation_fraction!r}")
-        idx = _split_rows(len(x), split, validation_fraction, seed)
-        x, y = x[idx], y[idx]
+    x, y = _select(x, y, split=split, eval_path=eval_path, validation_fraction=validation_fraction, seed=seed,
+                   name="numpy")
     if np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float32)
     return tf.data.Dataset.from_tensor_slices((x, y))
