@@ -1,10 +1,8 @@
-"""The input pipeline: exact resume position, epoch permutations, eval padding, replica slices."""
+"""The input pipeline: exact resume position, epoch permutations, eval padding, replica slices, checks."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from framework import distribute as dist
-from framework.config import RuntimeConfig
 from framework.data import pipeline
 
 
@@ -13,23 +11,42 @@ def _source(n=10):
                                                                      np.arange(n, dtype=np.int32))))
 
 
+def _stream(n=10, **kw):
+    args = dict(global_batch=4, seed=3, shuffle_buffer=100, cache=True)
+    return pipeline.train_stream(_source(n), **{**args, **kw})
+
+
 def _batches(ds, k):
     return [b[1].numpy().tolist() for b in ds.take(k)]
 
 
+def _mirrored():
+    cpus = tf.config.list_logical_devices("CPU")
+    if len(cpus) < 2:
+        pytest.skip("needs 2 logical CPU devices (tests/conftest.py)")
+    return tf.distribute.MirroredStrategy([d.name for d in cpus[:2]])
+
+
 def test_resume_position_is_exact_across_epoch_boundaries():
-    full = _batches(pipeline.train_stream(_source(), global_batch=4, seed=3, shuffle_buffer=100, cache=True), 9)
-    for start in (1, 2, 5):
-        resumed = _batches(pipeline.train_stream(_source(), global_batch=4, seed=3, shuffle_buffer=100, cache=True,
-                                                 start_batch=start), 9 - start)
-        assert resumed == full[start:]
+    # 10 examples, batches of 4: batch 2 spans epochs 0 and 1, batch 7 spans epochs 2 and 3.
+    full = _batches(_stream(), 10)
+    for start in (1, 2, 3, 5, 7):
+        assert _batches(_stream(start_batch=start), 10 - start) == full[start:], start
+    # The same with a shuffle buffer smaller than the source and without the cache.
+    part = _batches(_stream(shuffle_buffer=3, cache=False), 8)
+    assert _batches(_stream(shuffle_buffer=3, cache=False, start_batch=4), 4) == part[4:]
 
 
-def test_each_epoch_is_a_new_permutation():
-    flat = sum(_batches(pipeline.train_stream(_source(), global_batch=5, seed=1, shuffle_buffer=100, cache=False),
-                        4), [])
-    e0, e1 = flat[:10], flat[10:]
-    assert sorted(e0) == sorted(e1) == list(range(10)) and e0 != e1
+def test_each_epoch_is_a_permutation_and_epochs_differ():
+    flat = sum(_batches(_stream(global_batch=5, seed=1), 6), [])
+    epochs = [flat[i:i + 10] for i in range(0, 30, 10)]
+    assert all(sorted(e) == list(range(10)) for e in epochs)
+    assert epochs[0] != epochs[1] and epochs[1] != epochs[2]
+    assert epochs[0] != list(range(10))  # shuffled at all
+    other = sum(_batches(_stream(global_batch=5, seed=2), 2), [])
+    assert other != epochs[0]  # the seed matters
+    unshuffled = sum(_batches(_stream(global_batch=5, shuffle_buffer=0), 4), [])
+    assert unshuffled == list(range(10)) * 2
 
 
 def test_augment_seed_depends_on_epoch_and_position():
@@ -47,30 +64,90 @@ def test_augment_seed_depends_on_epoch_and_position():
     assert not np.allclose(np.array(a[0]) - [0, 1], np.array(a[2]) - [0, 1])  # epoch 2 differs from epoch 1
 
 
-def test_eval_batches_pad_with_zero_weight():
-    ds, n = pipeline.eval_batches(_source(10), global_batch=4, cache=False)
-    assert n == 3
+@pytest.mark.parametrize("n,batch", [(10, 4), (8, 4), (3, 8)])
+def test_eval_batches_pad_to_full_batches_with_weight_zero(n, batch):
+    ds, num = pipeline.eval_batches(_source(n), global_batch=batch, cache=False)
     batches = list(ds)
-    assert len(batches) == 3 and all(b[0].shape[0] == 4 for b in batches)
+    assert num == len(batches) == -(-n // batch)
+    assert all(b[0].shape[0] == batch for b in batches)
+    assert ds.element_spec[0].shape == (batch, 1)  # one static shape: one trace
     w = np.concatenate([b[2].numpy() for b in batches])
     y = np.concatenate([b[1].numpy() for b in batches])
-    assert w.tolist() == [1.0] * 10 + [0.0] * 2 and y[:10].tolist() == list(range(10))
+    assert w.tolist() == [1.0] * n + [0.0] * (num * batch - n)
+    assert sorted(y[w > 0].tolist()) == list(range(n))  # every real example exactly once
 
 
-def test_replicas_partition_each_global_batch():
-    s = dist.make_strategy(RuntimeConfig(strategy="mirrored", cpu_replicas=2))
-    ds = pipeline.distribute(s, lambda: pipeline.train_stream(_source(16), global_batch=8, seed=0,
-                                                              shuffle_buffer=0, cache=False))
+def test_sample_weights_pass_through():
+    src = pipeline.with_weights(tf.data.Dataset.from_tensor_slices(
+        (np.zeros((3, 2), np.float32), np.arange(3), np.array([0.5, 2, 1], np.float64))))
+    assert src.element_spec[2].dtype == tf.float32
+    ds, _ = pipeline.eval_batches(src, global_batch=2, cache=False)
+    assert np.concatenate([b[2].numpy() for b in ds]).tolist() == [0.5, 2.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="features, label"):
+        pipeline.with_weights(tf.data.Dataset.range(3))
+
+
+def test_replicas_partition_each_global_batch_in_order():
+    s = _mirrored()
+    # Shuffled, 10 examples, global batch 4: batches 2 and 7 straddle epoch boundaries.
+    ds = pipeline.distribute(s, lambda: _stream())
+    expected = _batches(_stream(), 8)
     it = iter(ds)
-    expected = _batches(pipeline.train_stream(_source(16), global_batch=8, seed=0, shuffle_buffer=0, cache=False), 3)
-    for k in range(3):
+    for k in range(8):
         x, y, w = next(it)
         parts = [t.numpy().tolist() for t in s.experimental_local_results(y)]
-        assert parts[0] + parts[1] == expected[k] and len(parts[0]) == 4
+        assert len(parts) == 2 and len(parts[0]) == len(parts[1]) == 2
+        assert parts[0] + parts[1] == expected[k]
+    # Resumed distributed stream: same batches as the uninterrupted one.
+    it = iter(pipeline.distribute(s, lambda: _stream(start_batch=5)))
+    for k in range(5, 8):
+        parts = [t.numpy().tolist() for t in s.experimental_local_results(next(it)[1])]
+        assert parts[0] + parts[1] == expected[k]
 
 
-def test_label_range_and_empty_dataset_errors():
-    with pytest.raises(ValueError, match=r"label 10 at example 1 is outside \[0, 10\)"):
+def test_distributed_eval_padding_goes_to_the_last_replica_rows():
+    s = _mirrored()
+    ds = pipeline.distribute(s, lambda: pipeline.eval_batches(_source(5), global_batch=4, cache=False)[0])
+    got = [[t.numpy().tolist() for t in s.experimental_local_results(b[2])] for b in ds]
+    assert got == [[[1.0, 1.0], [1.0, 1.0]], [[1.0, 0.0], [0.0, 0.0]]]
+
+
+def test_replica_slices_with_several_input_pipelines():
+    """Worker 1 of 2 with 4 replicas in sync yields replicas 2 and 3's rows of each global batch."""
+    # Global batches of (x, y) with x = [0..7] then [8..15] and y = 10 x.
+    ds = tf.data.Dataset.range(16).map(lambda i: (i, 10 * i)).batch(8, drop_remainder=True)
+    ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1, num_replicas_in_sync=4)
+    got = [(x.numpy().tolist(), y.numpy().tolist()) for x, y in pipeline.replica_slices(ds, ctx)]
+    assert [x for x, _ in got] == [[4, 5], [6, 7], [12, 13], [14, 15]]
+    assert all(y == [10 * v for v in x] for x, y in got)
+    single = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=1)
+    assert pipeline.replica_slices(ds, single) is ds
+
+
+def test_check_sparse_labels_names_the_bad_label():
+    pipeline.check_sparse_labels(np.array([0, 9, 3]), num_classes=10, name="task.train_data")
+    with pytest.raises(ValueError, match=r"task.train_data: label 10 at example 1 is outside \[0, 10\)"):
         pipeline.check_sparse_labels(np.array([1, 10, 3]), num_classes=10, name="task.train_data")
+    with pytest.raises(ValueError, match=r"task.eval_data: label -1 at example 2 is outside \[0, 3\) "
+                                         r".*\(2 such labels\)"):
+        pipeline.check_sparse_labels(np.array([1, 2, -1, 7]), num_classes=3, name="task.eval_data")
+    with pytest.raises(ValueError, match=r"task.train_data: sparse labels must be integer class ids; got 1.5"):
+        pipeline.check_sparse_labels(np.array([0.0, 1.5]), num_classes=3, name="task.train_data")
+    pipeline.check_sparse_labels(np.array([0.0, 2.0]), num_classes=3, name="task.train_data")
+
+
+def test_count():
     with pytest.raises(ValueError, match="task.eval_data: the dataset is empty"):
         pipeline.count(_source(10).take(0), name="task.eval_data")
+    with pytest.raises(ValueError, match="task.train_data: the dataset is empty"):
+        pipeline.count(_source(10).filter(lambda x, y, w: y > 100), name="task.train_data")  # unknown size
+    assert pipeline.count(_source(10).filter(lambda x, y, w: y % 2 == 0), name="t") == 5
+    assert pipeline.count(_source(3).repeat(), name="t") == -1
+    with pytest.raises(ValueError, match="task.eval_data: the eval dataset is infinite"):
+        pipeline.eval_batches(_source(3).repeat(), global_batch=2, cache=False)
+
+
+def test_unknown_shapes_are_rejected():
+    ragged = tf.data.Dataset.range(1, 4).map(lambda i: (tf.zeros([i]), i, 1.0))
+    with pytest.raises(ValueError, match="task.train_data: every element must have a fully defined static shape"):
+        pipeline.train_stream(ragged, global_batch=2, seed=0, shuffle_buffer=0, cache=False)
