@@ -1,13 +1,19 @@
 """Metrics by name (accuracy, top-k, precision/recall/F1, AUC, MSE/RMSE/MAE/R2), replica-correct.
 
-Every metric receives the dataset's labels as they are (sparse class ids, or [B, 1] binary
-labels / regression targets for a one-output model) and the model's raw float32 outputs
-(logits when the loss is `from_logits`). State variables are sums (Keras metric variables are
-`on_read`, aggregated with SUM), so results over replicas and workers are exact.
+Every metric receives the dataset's labels as they are (sparse class ids of shape [B], or
+[B, 1] binary labels / regression targets for a one-output model) and the model's raw float32
+outputs (logits when the loss is `from_logits`). All state is sums: Keras metric variables are
+`ON_READ` with SUM aggregation, so a result read in cross-replica context is exact over
+replicas and workers. `build` must be called inside the caller's `strategy.scope()`.
+
+Binary decisions use `threshold` on the probability scale (default 0.5); with logits the
+comparison is made on the logit itself (`logit > log(t / (1 - t))`, i.e. `> 0` for 0.5), so
+no rounding in the sigmoid can flip a prediction.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import math
+from typing import Any, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -15,57 +21,98 @@ import tensorflow as tf
 
 from framework import registry
 
+_AVERAGES = ("binary", "macro", "micro", "weighted")
 
-def _probs(y_pred: tf.Tensor, from_logits: bool) -> tf.Tensor:
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _raw_threshold(threshold: float | None, from_logits: bool, *, metric: str) -> float:
+    """The probability threshold `threshold` on the scale of the model's raw outputs.
+
+    Raises:
+      ValueError: with logits, `threshold` is not strictly between 0 and 1.
+    """
+    t = 0.5 if threshold is None else float(threshold)
+    if not from_logits:
+        return t
+    if not 0.0 < t < 1.0:
+        raise ValueError(f"task.metrics.{metric}.threshold: expected a probability in (0, 1) "
+                         f"(the model outputs logits); got {threshold!r}")
+    return 0.0 if t == 0.5 else math.log(t / (1.0 - t))
+
+
+def _flat_weights(sample_weight: Any, like: tf.Tensor) -> tf.Tensor:
+    if sample_weight is None:
+        return tf.ones_like(like, tf.float32)
+    return tf.cast(tf.reshape(sample_weight, [-1]), tf.float32)
+
+
+def _predicted_ids(y_pred: tf.Tensor, raw_threshold: float) -> tf.Tensor:
+    """Predicted class ids [B]: argmax, or `y_pred > raw_threshold` for a one-output model."""
     if y_pred.shape[-1] == 1:
-        return tf.sigmoid(y_pred) if from_logits else y_pred
-    return tf.nn.softmax(y_pred) if from_logits else y_pred
-
-
-def _class_ids(y_pred: tf.Tensor, from_logits: bool, threshold: float | None) -> tf.Tensor:
-    if y_pred.shape[-1] == 1:
-        t = threshold if threshold is not None else 0.5
-        p = tf.sigmoid(y_pred) if from_logits else y_pred
-        return tf.cast(tf.reshape(p, [-1]) > t, tf.int32)
+        return tf.cast(tf.reshape(y_pred, [-1]) > raw_threshold, tf.int32)
     return tf.argmax(y_pred, axis=-1, output_type=tf.int32)
 
 
+# ----------------------------------------------------------------------------- metric classes
+
+
 class ConfusionMatrix(keras.metrics.Metric):
-    """Weighted confusion matrix [true, predicted]; result() is the matrix."""
+    """Weighted confusion matrix [true, predicted] from sparse labels and raw outputs.
+
+    `result()` is the [C, C] matrix. A one-output model (binary) gives a 2 x 2 matrix. Besides
+    the matrix, `seen` counts (unweighted) how often each class occurs as a label or as a
+    prediction, so macro averages skip absent classes exactly as scikit-learn does.
+    """
 
     def __init__(self, *, num_classes: int, from_logits: bool = True, threshold: float | None = None,
                  name: str = "confusion_matrix", **kwargs: Any) -> None:
+        """Creates the state.
+
+        Args:
+          num_classes: number of classes (1 or 2 both mean binary).
+          from_logits: whether predictions are logits (else probabilities).
+          threshold: binary probability threshold (default 0.5).
+          name: metric name.
+          **kwargs: passed to keras.metrics.Metric.
+        """
         super().__init__(name=name, **kwargs)
         self.num_classes = max(int(num_classes), 2)
         self.from_logits = from_logits
         self.threshold = threshold
+        self._raw_threshold = _raw_threshold(threshold, from_logits, metric=name)
         self.matrix = self.add_variable(shape=(self.num_classes, self.num_classes), initializer="zeros",
                                         dtype="float32", name="matrix", aggregation="sum")
+        self.seen = self.add_variable(shape=(self.num_classes,), initializer="zeros", dtype="float32",
+                                      name="seen", aggregation="sum")
 
     def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
-        y_pred = tf.convert_to_tensor(y_pred)
-        pred = _class_ids(tf.cast(y_pred, tf.float32), self.from_logits, self.threshold)
+        """Adds a batch: labels [B] or [B, 1], raw outputs [B, C] or [B, 1], weights [B]."""
+        y_pred = tf.cast(tf.convert_to_tensor(y_pred), tf.float32)
+        pred = _predicted_ids(y_pred, self._raw_threshold)
         true = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
-        w = tf.ones_like(true, tf.float32) if sample_weight is None else tf.cast(tf.reshape(sample_weight, [-1]),
-                                                                                  tf.float32)
-        cm = tf.math.confusion_matrix(true, pred, num_classes=self.num_classes, weights=w, dtype=tf.float32)
-        self.matrix.assign_add(cm)
+        w = _flat_weights(sample_weight, true)
+        c = self.num_classes
+        self.matrix.assign_add(tf.math.confusion_matrix(true, pred, num_classes=c, weights=w, dtype=tf.float32))
+        self.seen.assign_add(tf.math.bincount(tf.concat([true, pred], 0), minlength=c, maxlength=c,
+                                              dtype=tf.float32))
 
     def result(self) -> tf.Tensor:
         return tf.convert_to_tensor(self.matrix)
 
-    def reset_state(self) -> None:
-        self.matrix.assign(tf.zeros_like(self.matrix))
 
-
-def _prf(cm: tf.Tensor, kind: str, average: str, binary: bool) -> tf.Tensor:
+def _prf(cm: tf.Tensor, seen: tf.Tensor, kind: str, average: str) -> tf.Tensor:
+    """Precision, recall or F1 from a confusion matrix, as scikit-learn with zero_division=0."""
     tp = tf.linalg.diag_part(cm)
     pred_pos = tf.reduce_sum(cm, axis=0)
     true_pos = tf.reduce_sum(cm, axis=1)
-    if binary and average == "binary":
-        tp, pred_pos, true_pos = tp[1:], pred_pos[1:], true_pos[1:]
-    if average == "micro":
+    present = tf.cast(seen > 0, tf.float32)
+    if average == "binary":
+        tp, pred_pos, true_pos, present = tp[1:], pred_pos[1:], true_pos[1:], tf.ones([1])
+    elif average == "micro":
         tp, pred_pos, true_pos = [tf.reduce_sum(t, keepdims=True) for t in (tp, pred_pos, true_pos)]
+        present = tf.ones([1])
     precision = tf.math.divide_no_nan(tp, pred_pos)
     recall = tf.math.divide_no_nan(tp, true_pos)
     if kind == "precision":
@@ -73,76 +120,147 @@ def _prf(cm: tf.Tensor, kind: str, average: str, binary: bool) -> tf.Tensor:
     elif kind == "recall":
         per = recall
     else:
-        per = tf.math.divide_no_nan(2 * precision * recall, precision + recall)
+        per = tf.math.divide_no_nan(2.0 * precision * recall, precision + recall)
     if average == "weighted":
         return tf.math.divide_no_nan(tf.reduce_sum(per * true_pos), tf.reduce_sum(true_pos))
-    return tf.reduce_mean(per)
+    return tf.math.divide_no_nan(tf.reduce_sum(per * present), tf.reduce_sum(present))
 
 
 class PRF(ConfusionMatrix):
-    """Precision, recall or F1 from a confusion matrix (binary, macro, micro or weighted)."""
+    """Precision, recall or F1 (binary positive class; macro, micro or weighted average)."""
 
     def __init__(self, *, kind: str, average: str | None = None, **kwargs: Any) -> None:
+        """Creates the state.
+
+        Args:
+          kind: "precision", "recall" or "f1".
+          average: "binary" (default for two classes: the positive class 1), "macro" (default
+            otherwise), "micro" or "weighted" (by the weighted support of each true class).
+          **kwargs: passed to ConfusionMatrix.
+
+        Raises:
+          ValueError: unknown `average`, or "binary" with more than two classes.
+        """
         super().__init__(name=kwargs.pop("name", kind), **kwargs)
         self.kind = kind
-        self.binary = self.num_classes == 2
-        average = average or ("binary" if self.binary else "macro")
-        if average not in ("binary", "macro", "micro", "weighted"):
-            raise ValueError(f"task.metrics.{kind}.average: expected binary | macro | micro | weighted; "
-                             f"got {average!r}")
+        average = average or ("binary" if self.num_classes == 2 else "macro")
+        if average not in _AVERAGES or (average == "binary" and self.num_classes != 2):
+            raise ValueError(f"task.metrics.{kind}.average: expected {' | '.join(_AVERAGES)} "
+                             f"(binary needs 2 classes, there are {self.num_classes}); got {average!r}")
         self.average = average
 
     def result(self) -> tf.Tensor:
-        return _prf(tf.convert_to_tensor(self.matrix), self.kind, self.average, self.binary)
+        return _prf(tf.convert_to_tensor(self.matrix), tf.convert_to_tensor(self.seen), self.kind, self.average)
 
 
-class MulticlassAUC(keras.metrics.AUC):
-    """One-vs-rest macro AUC from sparse labels and softmax of the logits."""
+class AUC(keras.metrics.AUC):
+    """ROC/PR AUC from raw outputs: binary (one output) or one-vs-rest macro (sparse labels).
 
-    def __init__(self, *, num_classes: int, from_logits: bool, **kwargs: Any) -> None:
-        super().__init__(multi_label=True, num_labels=num_classes, **kwargs)
-        self._n = num_classes
+    Keras's AUC is a Riemann/trapezoid sum over `num_thresholds` evenly spaced thresholds on
+    probabilities: scores that fall into the same bucket count as ties, so the value differs
+    from the exact (scikit-learn) AUC by at most the weight of such pairs.
+    """
+
+    def __init__(self, *, num_classes: int | None, from_logits: bool, **kwargs: Any) -> None:
+        """Creates the state (eagerly; nothing is built lazily inside a replica).
+
+        Args:
+          num_classes: model outputs; > 1 means multiclass (one-vs-rest, macro average).
+          from_logits: whether outputs are logits (sigmoid / softmax applied here).
+          **kwargs: passed to keras.metrics.AUC (curve, num_thresholds, name, ...).
+        """
+        self._n = int(num_classes or 1)
         self._logits = from_logits
+        if self._n > 1:
+            super().__init__(multi_label=True, num_labels=self._n, **kwargs)
+        else:
+            super().__init__(**kwargs)
 
     def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
-        y = tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), self._n)
-        p = tf.nn.softmax(y_pred) if self._logits else y_pred
+        """Adds a batch: labels [B] or [B, 1], raw outputs [B, C] or [B, 1], weights [B]."""
+        y_pred = tf.cast(tf.convert_to_tensor(y_pred), tf.float32)
+        if self._n > 1:
+            y = tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), self._n)
+            p = tf.nn.softmax(y_pred) if self._logits else y_pred
+        else:
+            y = tf.cast(tf.reshape(y_true, [-1, 1]), tf.float32)
+            p = tf.reshape(tf.sigmoid(y_pred) if self._logits else y_pred, [-1, 1])
         if sample_weight is not None:
-            sample_weight = tf.reshape(sample_weight, [-1, 1])
+            sample_weight = tf.cast(tf.reshape(sample_weight, [-1, 1]), tf.float32)
         return super().update_state(y, p, sample_weight=sample_weight)
 
 
+# ----------------------------------------------------------------------------- factories
+
+
 @registry.register_metric("accuracy")
-def accuracy(*, num_classes: int | None = None, from_logits: bool = True, threshold: float | None = None) -> Any:
+def accuracy(*, num_classes: int | None = None, from_logits: bool = True,
+             threshold: float | None = None) -> keras.metrics.Metric:
+    """Sparse categorical accuracy, or binary accuracy for a one-output model.
+
+    Args:
+      num_classes: model outputs (1: binary).
+      from_logits: whether outputs are logits.
+      threshold: binary probability threshold (default 0.5, i.e. logit 0).
+    """
     if num_classes == 1:
-        t = threshold if threshold is not None else (0.0 if from_logits else 0.5)
-        return keras.metrics.BinaryAccuracy(name="accuracy", threshold=t)
+        return _binary_accuracy("accuracy", from_logits=from_logits, threshold=threshold)
     return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
 
 @registry.register_metric("sparse_categorical_accuracy")
-def sparse_categorical_accuracy(*, num_classes: int | None = None, from_logits: bool = True) -> Any:
+def sparse_categorical_accuracy(*, num_classes: int | None = None, from_logits: bool = True) -> keras.metrics.Metric:
+    """Fraction of examples whose argmax equals the sparse label."""
     return keras.metrics.SparseCategoricalAccuracy(name="sparse_categorical_accuracy")
 
 
 @registry.register_metric("binary_accuracy")
 def binary_accuracy(*, num_classes: int | None = None, from_logits: bool = True,
-                    threshold: float | None = None) -> Any:
-    t = threshold if threshold is not None else (0.0 if from_logits else 0.5)
-    return keras.metrics.BinaryAccuracy(name="binary_accuracy", threshold=t)
+                    threshold: float | None = None) -> keras.metrics.Metric:
+    """Fraction of examples where (output > threshold) equals the 0/1 label.
+
+    Args:
+      num_classes: model outputs (should be 1).
+      from_logits: whether outputs are logits.
+      threshold: probability threshold (default 0.5, i.e. logit 0).
+    """
+    return _binary_accuracy("binary_accuracy", from_logits=from_logits, threshold=threshold)
+
+
+def _binary_accuracy(name: str, *, from_logits: bool, threshold: float | None) -> keras.metrics.Metric:
+    return keras.metrics.BinaryAccuracy(name=name, threshold=_raw_threshold(threshold, from_logits, metric=name))
 
 
 @registry.register_metric("top_k")
-def top_k(*, num_classes: int | None = None, from_logits: bool = True, k: int = 5) -> Any:
+def top_k(*, num_classes: int | None = None, from_logits: bool = True, k: int = 5) -> keras.metrics.Metric:
+    """Fraction of examples whose label is among the k largest outputs.
+
+    Raises:
+      ValueError: `k` < 1 or the model has a single output.
+    """
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"task.metrics.top_k.k: expected an integer >= 1; got {k!r}")
+    if num_classes == 1:
+        raise ValueError(f"task.metrics.top_k: needs a model with several outputs; got num_classes={num_classes}")
     return keras.metrics.SparseTopKCategoricalAccuracy(k=k, name="top_k")
 
 
 def _prf_factory(kind: str):
     def factory(*, num_classes: int | None = None, from_logits: bool = True, average: str | None = None,
-                threshold: float | None = None) -> Any:
+                threshold: float | None = None) -> keras.metrics.Metric:
         return PRF(kind=kind, num_classes=num_classes or 2, from_logits=from_logits, average=average,
                    threshold=threshold)
+
     factory.__name__ = kind
+    factory.__doc__ = f"""{kind} from argmax (or thresholded) predictions and sparse labels.
+
+    Args:
+      num_classes: model outputs (1 or 2: binary).
+      from_logits: whether outputs are logits.
+      average: binary (default for binary: the positive class) | macro (default otherwise) |
+        micro | weighted, with scikit-learn's meaning (zero_division=0).
+      threshold: binary probability threshold (default 0.5).
+    """
     return factory
 
 
@@ -152,55 +270,100 @@ for _kind in ("precision", "recall", "f1"):
 
 @registry.register_metric("confusion_matrix")
 def confusion_matrix(*, num_classes: int | None = None, from_logits: bool = True,
-                     threshold: float | None = None) -> Any:
+                     threshold: float | None = None) -> keras.metrics.Metric:
+    """The weighted [true, predicted] confusion matrix (not a scalar; not logged as one)."""
     return ConfusionMatrix(num_classes=num_classes or 2, from_logits=from_logits, threshold=threshold)
 
 
 @registry.register_metric("auc")
 def auc(*, num_classes: int | None = None, from_logits: bool = True, curve: str = "ROC",
-        num_thresholds: int = 1000) -> Any:
+        num_thresholds: int = 2000) -> keras.metrics.Metric:
+    """Area under the ROC (or PR) curve; one-vs-rest macro average for several classes.
+
+    Args:
+      num_classes: model outputs (1: binary).
+      from_logits: whether outputs are logits.
+      curve: ROC | PR.
+      num_thresholds: buckets of the approximation (more: closer to the exact AUC).
+
+    Raises:
+      ValueError: bad `curve` or `num_thresholds`.
+    """
     if curve not in ("ROC", "PR"):
         raise ValueError(f"task.metrics.auc.curve: expected ROC | PR; got {curve!r}")
-    if num_classes and num_classes > 1:
-        return MulticlassAUC(num_classes=num_classes, from_logits=from_logits, curve=curve,
-                             num_thresholds=num_thresholds, name="auc")
-    return keras.metrics.AUC(from_logits=from_logits, curve=curve, num_thresholds=num_thresholds, name="auc")
+    if not isinstance(num_thresholds, int) or num_thresholds < 2:
+        raise ValueError(f"task.metrics.auc.num_thresholds: expected an integer >= 2; got {num_thresholds!r}")
+    return AUC(num_classes=num_classes, from_logits=from_logits, curve=curve, num_thresholds=num_thresholds,
+               name="auc")
 
 
 @registry.register_metric("mse")
-def mse(*, num_classes: int | None = None, from_logits: bool = True) -> Any:
+def mse(*, num_classes: int | None = None, from_logits: bool = True) -> keras.metrics.Metric:
+    """Weighted mean squared error of the raw outputs."""
     return keras.metrics.MeanSquaredError(name="mse")
 
 
 @registry.register_metric("rmse")
-def rmse(*, num_classes: int | None = None, from_logits: bool = True) -> Any:
+def rmse(*, num_classes: int | None = None, from_logits: bool = True) -> keras.metrics.Metric:
+    """Square root of the weighted mean squared error."""
     return keras.metrics.RootMeanSquaredError(name="rmse")
 
 
 @registry.register_metric("mae")
-def mae(*, num_classes: int | None = None, from_logits: bool = True) -> Any:
+def mae(*, num_classes: int | None = None, from_logits: bool = True) -> keras.metrics.Metric:
+    """Weighted mean absolute error of the raw outputs."""
     return keras.metrics.MeanAbsoluteError(name="mae")
 
 
 @registry.register_metric("r2")
-def r2(*, num_classes: int | None = None, from_logits: bool = True) -> Any:
-    return keras.metrics.R2Score(name="r2")
+def r2(*, num_classes: int | None = None, from_logits: bool = True) -> keras.metrics.Metric:
+    """Coefficient of determination (uniform average over outputs).
+
+    Keras builds R2Score's state lazily on the first update, which would create variables
+    inside a replica; it is built here for `num_classes` outputs instead.
+    """
+    m = keras.metrics.R2Score(name="r2")
+    if num_classes:
+        m._build((None, int(num_classes)), (None, int(num_classes)))  # pylint: disable=protected-access
+    return m
+
+
+# ----------------------------------------------------------------------------- build
 
 
 def build(names: Sequence[Any], *, num_classes: int | None, from_logits: bool) -> dict[str, keras.metrics.Metric]:
-    """Builds `task.metrics` entries (a name or {name, alias?, ...kwargs}); call inside the strategy scope."""
+    """Builds the metrics `task.metrics` lists; call inside the strategy scope.
+
+    Args:
+      names: entries that are a registered name, or a mapping {"name": ..., "alias"?: key,
+        **factory kwargs}.
+      num_classes: the model's number of outputs (1: binary or regression).
+      from_logits: whether the model outputs logits.
+
+    Returns:
+      {alias or name: metric}, in the order given.
+
+    Raises:
+      RegistryError: an unknown name (the message lists the registered ones).
+      ValueError: a malformed entry, a duplicate key, or a kwarg the factory does not take.
+    """
+    if isinstance(names, (str, Mapping)):
+        names = [names]
     out: dict[str, keras.metrics.Metric] = {}
     for i, entry in enumerate(names):
         if isinstance(entry, str):
             name, kwargs, key = entry, {}, entry
-        else:
+        elif isinstance(entry, Mapping):
             kwargs = dict(entry)
             name = kwargs.pop("name", None)
-            if not name:
-                raise ValueError(f"task.metrics[{i}]: expected a 'name'; got {entry!r}")
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"task.metrics[{i}]: expected a 'name'; got {dict(entry)!r}")
             key = kwargs.pop("alias", None) or name
+        else:
+            raise ValueError(f"task.metrics[{i}]: expected a metric name or a mapping with 'name'; "
+                             f"got {entry!r} ({type(entry).__name__})")
         if key in out or key == "loss":
-            raise ValueError(f"task.metrics[{i}]: duplicate metric name {key!r} (use 'alias'); got {entry!r}")
+            raise ValueError(f"task.metrics[{i}]: duplicate metric name {key!r} (give an 'alias'); got {entry!r}")
         out[key] = registry.build(registry.METRICS, name, kwargs, section=f"task.metrics[{i}]",
                                   extra={"num_classes": num_classes, "from_logits": from_logits})
     return out

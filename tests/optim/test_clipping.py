@@ -1,4 +1,5 @@
-"""Clipping modes on NumPy-checked values, stats, and non-finite inputs."""
+"""Clipping modes against NumPy, stats, non-finite inputs, and trap 1 (clip after the replica sum)."""
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -6,44 +7,182 @@ import tensorflow as tf
 from framework.config import ClipConfig
 from framework.optim.clipping import clip_gradients
 
-G = [np.array([3.0, 4.0], np.float32), np.array([[12.0]], np.float32), None]
-GROUPS = [0, 1, 1]
+RNG = np.random.default_rng(0)
+G = [RNG.normal(size=(4, 3)).astype(np.float32) * 3, RNG.normal(size=(3,)).astype(np.float32),
+     None, RNG.normal(size=(2, 2)).astype(np.float32) * 5]
+GROUPS = [0, 0, 1, 2]
 
 
-def _clip(**kw):
-    out, stats = clip_gradients([None if g is None else tf.constant(g) for g in G], groups=GROUPS,
+def _np_norm(gs):
+    return float(np.sqrt(sum(float(np.sum(np.square(g.astype(np.float64)))) for g in gs if g is not None)))
+
+
+def _np_scale(gs, limit):
+    n = _np_norm(gs)
+    return [None if g is None else g * (limit / max(n, limit)) for g in gs]
+
+
+def _np_clip(gs, groups, value=None, per_variable_norm=None, per_group_norm=None, global_norm=None):
+    gs = [None if g is None else g.astype(np.float64) for g in gs]
+    if value is not None:
+        gs = [None if g is None else np.clip(g, -value, value) for g in gs]
+    if per_variable_norm is not None:
+        gs = [None if g is None else _np_scale([g], per_variable_norm)[0] for g in gs]
+    if per_group_norm is not None:
+        for gi in set(groups):
+            idx = [i for i, x in enumerate(groups) if x == gi]
+            for i, g in zip(idx, _np_scale([gs[i] for i in idx], per_group_norm)):
+                gs[i] = g
+    if global_norm is not None:
+        gs = _np_scale(gs, global_norm)
+    return gs
+
+
+def _clip(grads=G, groups=GROUPS, **kw):
+    out, stats = clip_gradients([None if g is None else tf.constant(g) for g in grads], groups=groups,
                                 clip=ClipConfig(**kw))
     return [None if g is None else g.numpy() for g in out], {k: float(v) for k, v in stats.items()}
 
 
-def test_global_norm_and_stats():
-    out, st = _clip(global_norm=6.5)
+@pytest.mark.parametrize("kw", [dict(value=1.0), dict(per_variable_norm=2.0), dict(per_group_norm=4.0),
+                                dict(global_norm=5.0), dict(value=2.0, per_variable_norm=3.0, per_group_norm=4.0,
+                                                            global_norm=4.5), dict()])
+def test_modes_equal_numpy(kw):
+    out, st = _clip(**kw)
+    ref = _np_clip(G, GROUPS, **kw)
+    for a, b in zip(out, ref):
+        if b is None:
+            assert a is None
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert st["grad_norm"] == pytest.approx(_np_norm(G), rel=1e-6)
+    assert st["grad_norm_clipped"] == pytest.approx(_np_norm(ref), rel=1e-5)
+    assert st["clipped"] == (1.0 if kw else 0.0)  # every threshold above is hit by G
+    for gi in (0, 1, 2):  # every distinct group index, before clipping (group 1 has no gradient)
+        assert st[f"grad_norm/{gi}"] == pytest.approx(_np_norm([g for g, x in zip(G, GROUPS) if x == gi]), rel=1e-6)
+    assert set(st) == {"grad_norm", "grad_norm_clipped", "clipped", "grad_norm/0", "grad_norm/1", "grad_norm/2"}
+
+
+def test_exact_small_case_and_no_clip_under_threshold():
+    g = [np.array([3.0, 4.0], np.float32), np.array([[12.0]], np.float32)]
+    out, st = _clip(g, [0, 1], global_norm=6.5)
     assert st["grad_norm"] == pytest.approx(13.0) and st["grad_norm_clipped"] == pytest.approx(6.5)
-    np.testing.assert_allclose(out[0], G[0] * 0.5, rtol=1e-6)
-    assert out[2] is None and st["clipped"] == 1.0
-    assert st["grad_norm/0"] == pytest.approx(5.0) and st["grad_norm/1"] == pytest.approx(12.0)
+    np.testing.assert_allclose(out[0], [1.5, 2.0], rtol=1e-6)
+    out, st = _clip(g, [0, 1], global_norm=100.0, per_variable_norm=50.0, value=20.0, per_group_norm=30.0)
+    np.testing.assert_array_equal(out[0], g[0])
+    np.testing.assert_array_equal(out[1], g[1])
+    assert st["clipped"] == 0.0 and st["grad_norm_clipped"] == pytest.approx(13.0)
 
 
-def test_no_clip_when_under_threshold():
-    out, st = _clip(global_norm=100.0)
-    np.testing.assert_array_equal(out[0], G[0])
-    assert st["clipped"] == 0.0
-
-
-def test_per_variable_per_group_and_value():
+def test_value_and_per_variable_use_tf_ops():
+    out, _ = _clip(value=0.5)
+    np.testing.assert_array_equal(out[0], tf.clip_by_value(G[0], -0.5, 0.5).numpy())
     out, _ = _clip(per_variable_norm=1.0)
-    np.testing.assert_allclose(out[0], G[0] / 5.0, rtol=1e-6)
-    np.testing.assert_allclose(out[1], [[1.0]], rtol=1e-6)
-    out, _ = _clip(per_group_norm=2.5)
-    np.testing.assert_allclose(out[0], G[0] / 2.0, rtol=1e-6)
-    np.testing.assert_allclose(out[1], [[2.5]], rtol=1e-6)
-    out, st = _clip(value=3.5)
-    np.testing.assert_allclose(out[0], [3.0, 3.5])
-    np.testing.assert_allclose(out[1], [[3.5]])
-    assert st["clipped"] == 1.0
+    np.testing.assert_array_equal(out[3], tf.clip_by_norm(G[3], 1.0).numpy())
+
+
+def test_indexed_slices_are_densified():
+    # Repeated index 0: the gradient's norm is that of the dense sum [2, 2], not of the slices.
+    s = tf.IndexedSlices(tf.constant([[1.0, 1.0], [1.0, 1.0]]), tf.constant([0, 0]), tf.constant([3, 2]))
+    out, st = clip_gradients([s], groups=[0], clip=ClipConfig(global_norm=1.0))
+    assert st["grad_norm"].numpy() == pytest.approx(np.sqrt(8.0))
+    np.testing.assert_allclose(out[0].numpy(), [[0.5 ** 0.5] * 2, [0, 0], [0, 0]], rtol=1e-6)
 
 
 def test_non_finite_gradients_do_not_crash():
-    grads = [tf.constant([np.inf, 1.0]), tf.constant([[np.nan]])]
-    _, st = clip_gradients(grads, groups=[0, 0], clip=ClipConfig(global_norm=1.0))
-    assert not np.isfinite(float(st["grad_norm"]))
+    grads = [tf.constant([np.inf, 1.0]), tf.constant([[np.nan]]), None]
+    for kw in (dict(global_norm=1.0), dict(per_group_norm=1.0), dict(per_variable_norm=1.0), dict(value=1.0)):
+        out, st = clip_gradients(grads, groups=[0, 0, 1], clip=ClipConfig(**kw))
+        assert not np.isfinite(float(st["grad_norm"])) and out[2] is None, kw
+
+
+def test_inside_tf_function_and_errors():
+    f = tf.function(lambda a, b: clip_gradients([a, b], groups=[0, 0], clip=ClipConfig(global_norm=1.0)))
+    out, st = f(tf.constant([3.0]), tf.constant([4.0]))
+    np.testing.assert_allclose([out[0].numpy(), out[1].numpy()], [[0.6], [0.8]], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"optimizer.clip.global_norm.*-1"):
+        clip_gradients([tf.constant([1.0])], groups=[0], clip=ClipConfig(global_norm=-1.0))
+    with pytest.raises(ValueError, match=r"2 gradients and 1 group"):
+        clip_gradients([tf.constant([1.0])] * 2, groups=[0], clip=ClipConfig())
+
+
+# ----------------------------------------------------------------------------- trap 1
+
+
+def _data():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(8, 3)).astype(np.float32)
+    # The two replicas' halves pull in different directions, so per-replica clipping matters.
+    y = np.concatenate([rng.normal(size=(4, 1)) + 4.0, rng.normal(size=(4, 1)) - 1.0]).astype(np.float32)
+    return x, y
+
+
+def _loss(layer, x, y, global_batch):
+    per_example = tf.reduce_sum(tf.square(layer(x) - y), axis=-1)
+    return tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+
+
+def test_trap1_clip_after_the_replica_sum_equals_one_device():
+    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+    if len(cpus) < 2:
+        pytest.skip("needs 2 logical CPU devices (tests/conftest.py)")
+    x, y = _data()
+    w0 = np.array([[0.5], [-0.3], [0.2]], np.float32)
+    limit, lr = 1.0, 0.1
+
+    # One device, full batch: the reference clipped gradient.
+    layer = keras.layers.Dense(1, use_bias=False, kernel_initializer=keras.initializers.Constant(w0))
+    layer.build((None, 3))
+    with tf.GradientTape() as tape:
+        loss = _loss(layer, x, y, 8)
+    (g_full,) = tape.gradient(loss, layer.trainable_variables)
+    assert float(tf.norm(g_full)) > limit  # clipping is active
+    (g_ref,), _ = clip_gradients([g_full], groups=[0], clip=ClipConfig(global_norm=limit))
+
+    strategy = tf.distribute.MirroredStrategy(cpus[:2], cross_device_ops=tf.distribute.ReductionToOneDevice())
+    with strategy.scope():
+        keras_layer = keras.layers.Dense(1, use_bias=False, kernel_initializer=keras.initializers.Constant(w0))
+        keras_layer.build((None, 3))
+        ours_layer = keras.layers.Dense(1, use_bias=False, kernel_initializer=keras.initializers.Constant(w0))
+        ours_layer.build((None, 3))
+        keras_opt = keras.optimizers.SGD(learning_rate=lr, global_clipnorm=limit)
+        keras_opt.build(keras_layer.trainable_variables)  # eagerly, in scope (trap 2)
+
+    halves = [(x[:4], y[:4]), (x[4:], y[4:])]
+    xs = strategy.experimental_distribute_values_from_function(lambda c: halves[c.replica_id_in_sync_group][0])
+    ys = strategy.experimental_distribute_values_from_function(lambda c: halves[c.replica_id_in_sync_group][1])
+
+    @tf.function
+    def keras_step(xr, yr):
+        def fn(a, b):
+            with tf.GradientTape() as t:
+                loss = _loss(keras_layer, a, b, 8)
+            grads = t.gradient(loss, keras_layer.trainable_variables)
+            keras_opt.apply_gradients(zip(grads, keras_layer.trainable_variables))
+            return grads[0]
+        return strategy.run(fn, args=(xr, yr))
+
+    @tf.function
+    def framework_step(xr, yr):
+        def fn(a, b):
+            with tf.GradientTape() as t:
+                loss = _loss(ours_layer, a, b, 8)
+            grads = t.gradient(loss, ours_layer.trainable_variables)
+            ctx = tf.distribute.get_replica_context()
+            summed = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+            clipped, _ = clip_gradients(summed, groups=[0], clip=ClipConfig(global_norm=limit))
+            return clipped[0]
+        return strategy.run(fn, args=(xr, yr))
+
+    local = keras_step(xs, ys)
+    local = [g.numpy() for g in strategy.experimental_local_results(local)]
+    keras_w = strategy.experimental_local_results(keras_layer.kernel.value)[0].numpy()
+
+    # Keras clipped each replica's partial gradient, then summed: not the one-device update.
+    per_replica_clipped = sum(g * min(1.0, limit / np.linalg.norm(g)) for g in local)
+    np.testing.assert_allclose(keras_w, w0 - lr * per_replica_clipped, rtol=1e-5, atol=1e-6)
+    assert np.abs(keras_w - (w0 - lr * g_ref.numpy())).max() > 1e-3
+
+    # The framework's order (sum, then clip) gives the one-device clipped gradient on every replica.
+    for g in strategy.experimental_local_results(framework_step(xs, ys)):
+        np.testing.assert_allclose(g.numpy(), g_ref.numpy(), rtol=1e-6, atol=1e-6)
