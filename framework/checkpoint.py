@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from typing import Any, Callable, Mapping
 
 import tensorflow as tf
@@ -23,7 +24,12 @@ from absl import logging
 
 
 class CheckpointError(RuntimeError):
-    """Checkpoints exist in model_dir but none of them can be restored."""
+    """Checkpoints exist in model_dir but none of them can be restored, or a save failed."""
+
+
+# Test-only: seconds to pause after a checkpoint's files are written and before the
+# `checkpoint` index names it, so a test can kill the process in the middle of a save.
+SLOW_SAVE_ENV = "TAPELINE_TEST_SLOW_SAVE"
 
 
 class Checkpointer:
@@ -41,6 +47,7 @@ class Checkpointer:
                  get_hook_state: Callable[[], Any] | None = None,
                  set_hook_state: Callable[[Any], None] | None = None) -> None:
         self.directory = directory
+        self._objects = dict(objects)
         self._hook_json = tf.Variable("{}", dtype=tf.string, trainable=False, name="hook_state")
         self._get_hook_state = get_hook_state
         self._set_hook_state = set_hook_state
@@ -55,7 +62,21 @@ class Checkpointer:
         """Writes checkpoint `ckpt-<step>` and returns its path."""
         if self._get_hook_state is not None:
             self._hook_json.assign(json.dumps(self._get_hook_state()))
-        return self.manager.save(checkpoint_number=step)
+        options = None
+        delay = float(os.environ.get(SLOW_SAVE_ENV) or 0)
+        if delay > 0:
+            def pause(save_path):
+                logging.warning("%s: %s written; pausing %.1fs before the index names it", SLOW_SAVE_ENV,
+                                save_path, delay)
+                time.sleep(delay)
+            options = tf.train.CheckpointOptions(experimental_write_callbacks=[pause])
+        previous = self.latest
+        try:
+            return self.manager.save(checkpoint_number=step, options=options)
+        except (tf.errors.OpError, OSError) as e:
+            raise CheckpointError(
+                f"cannot write checkpoint ckpt-{step} in {self.directory} ({_first_line(e)}); the latest "
+                f"complete checkpoint is still {previous or 'none'}") from None
 
     def restore_or_init(self) -> str | None:
         """Restores the newest readable checkpoint; returns its path, or None for a fresh run.
@@ -77,9 +98,16 @@ class Checkpointer:
         errors = []
         for path in candidates:
             try:
+                # A different model is refused before anything is assigned (no partial load).
+                mismatch = self._model_mismatch(path)
+                if mismatch:
+                    errors.append(f"{path}: a different model: {mismatch}")
+                    logging.error("cannot restore %s", errors[-1])
+                    continue
                 self.checkpoint.restore(path).assert_existing_objects_matched()
-            except (tf.errors.OpError, ValueError, AssertionError) as e:
-                errors.append(f"{path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            except Exception as e:  # noqa: BLE001 - any unreadable file: try the previous one
+                # (a truncated data file raises IndexError, a garbage index an OpError, ...)
+                errors.append(f"{path}: {type(e).__name__}: {_first_line(e)}")
                 logging.error("cannot restore %s (%s); trying the previous checkpoint", path, errors[-1])
                 continue
             if self._set_hook_state is not None:
@@ -88,6 +116,49 @@ class Checkpointer:
         raise CheckpointError(
             f"{self.directory}: {len(candidates)} checkpoint(s) listed but none can be restored; refusing "
             f"to start from scratch over them (move them away to start over); got: {'; '.join(errors)}")
+
+    def _model_mismatch(self, path: str) -> str:
+        """'' if the model variables saved at `path` fit this run's (count and shapes), else the list.
+
+        Raises:
+          Exception: the checkpoint cannot be read (the caller treats it as unreadable).
+        """
+        variables = self._objects.get("model")
+        if not isinstance(variables, (list, tuple)):
+            return ""
+        reader = tf.train.load_checkpoint(path)
+        shapes = reader.get_variable_to_shape_map()
+        saved = sorted(int(k.split("/")[1]) for k in shapes if re.fullmatch(r"model/\d+" + re.escape(_SUFFIX), k))
+        try:
+            saved_paths = json.loads(reader.get_tensor("model_paths" + _SUFFIX).decode("utf-8"))
+        except Exception:  # noqa: BLE001 - older checkpoints: positions only
+            saved_paths = [f"model/{i}" for i in saved]
+        names = [f"model/{i}" for i in range(len(variables))]
+        if isinstance(self._objects.get("model_paths"), tf.Variable):
+            names = json.loads(self._objects["model_paths"].numpy().decode("utf-8"))
+        problems = []
+        for i, v in enumerate(variables):
+            key = f"model/{i}{_SUFFIX}"
+            name = names[i] if i < len(names) else f"model/{i}"
+            if key not in shapes:
+                problems.append(f"{name} {tuple(v.shape)} not in the checkpoint")
+            elif tuple(shapes[key]) != tuple(v.shape):
+                other = saved_paths[i] if i < len(saved_paths) else key
+                problems.append(f"{name} {tuple(v.shape)} vs checkpoint {other} {tuple(shapes[key])}")
+        extra = [saved_paths[i] if i < len(saved_paths) else f"model/{i}" for i in saved if i >= len(variables)]
+        if extra:
+            problems.append(f"checkpoint variables not in the model: {', '.join(map(str, extra[:8]))}")
+        if not problems:
+            return ""
+        head = (f"{len(problems) - bool(extra) + len(extra)} mismatched variable(s) (model has "
+                f"{len(variables)}, checkpoint {len(saved)}): ")
+        return head + "; ".join(problems[:12]) + ("; ..." if len(problems) > 12 else "")
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of an error, without TensorFlow's `{{function_node ...}}` prefix."""
+    text = re.sub(r"^\{\{[^}]*\}\}\s*", "", str(e).strip())
+    return (text.splitlines()[0] if text else type(e).__name__)[:400]
 
 
 def model_objects(model: Any) -> dict[str, Any]:

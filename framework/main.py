@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -56,9 +57,14 @@ def resolve_config(*, experiment: str | None, imports: Sequence[str], config_fil
             registry.import_module(name)
         except ModuleNotFoundError as e:
             raise UserError(f"--import: cannot import module {name!r} ({e}); got {name!r}") from None
+        except ValueError as e:  # a file path, not a module name
+            raise UserError(str(e)) from None
     registry.import_experiments()
     if not experiment:
         raise UserError(f"--experiment is required; registered: {', '.join(registry.EXPERIMENTS.names())}")
+    if "/" in experiment or "\\" in experiment or experiment.endswith(".py"):
+        raise UserError("--experiment takes a registered experiment name (register more with "
+                        f"--import=MODULE), never a file path; got {experiment!r}")
     try:
         factory = registry.EXPERIMENTS.get(experiment)
     except KeyError as e:
@@ -154,15 +160,31 @@ def _run_built(cfg: Any, strategy: Any, *, model_dir: str, mode: str, hparams: d
         from framework import lr_find
 
         return lr_find.run(trainer, model_dir=model_dir)
+    import tensorflow as tf
+
+    from framework import checkpoint as ckpt_lib
+
     ctl = controller_lib.Controller(trainer=trainer, model_dir=model_dir, hooks=hooks)
     ctl.handle_sigterm()
     if hparams:
         ctl.summaries.hparams(hparams)
-    if mode == "eval":
-        if ctl.restore() == 0 and not ctl.checkpointer.latest:
-            raise UserError(f"--mode=eval: no checkpoint in --model_dir; got {model_dir!r}")
-        return {"step": int(trainer.global_step.numpy()), "eval": ctl.evaluate()}
-    step = ctl.train(evaluate=mode == "train_and_eval")
+    try:
+        if mode == "eval":
+            if ctl.restore() == 0 and not ctl.checkpointer.latest:
+                raise UserError(f"--mode=eval: no checkpoint in --model_dir; got {model_dir!r}")
+            return {"step": int(trainer.global_step.numpy()), "eval": ctl.evaluate()}
+        step = ctl.train(evaluate=mode == "train_and_eval")
+    except ckpt_lib.CheckpointError as e:  # unreadable / different-model checkpoints, a failed save
+        raise UserError(str(e)) from None
+    except (OSError, tf.errors.OpError) as e:
+        # A full or read-only model_dir met by another write (event files, metrics.json): one clear
+        # line naming the file, not a traceback. Errors about anything else are not ours to hide.
+        text = str(e) if isinstance(e, tf.errors.OpError) else f"{e.strerror or e}: {e.filename!r}"
+        if os.path.abspath(model_dir) not in text and model_dir not in text:
+            raise
+        reason = re.sub(r"^\{\{[^}]*\}\}\s*", "", text.strip().splitlines()[0])[:400]
+        raise UserError(f"cannot write to --model_dir {model_dir!r} ({reason}); the latest complete checkpoint "
+                        f"is still {ctl.checkpointer.latest or 'none'}") from None
     return {"step": step, "eval": ctl.last_eval, "history": ctl.eval_history}
 
 
@@ -238,9 +260,18 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _parse_flags(argv: Sequence[str]) -> list[str]:
+    """absl's flag parsing, but a bad flag exits with status 2 like every other user error."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"tapeline: error: {e}\nPass --helpshort or --helpfull to see help on flags.", file=sys.stderr)
+        sys.exit(2)
+
+
 def entry() -> None:
     """Console script `tapeline`."""
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,10 @@ from framework.optim import optimizers as optimizers_lib
 from framework.optim import schedules as schedules_lib
 from framework.step import Steps
 
+# Steps per XLA call when the whole step is compiled (see `build`); measured in
+# benchmarks/overhead.py (MLP on CPU: ~7% faster than one step per call).
+_XLA_GROUP_STEPS = 8
+
 
 @dataclasses.dataclass
 class Trainer:
@@ -170,8 +174,15 @@ def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, *,
         if not isinstance(model, keras.Model):
             raise ValueError(f"task.model: factory {t.model.name!r} must return a keras.Model; "
                              f"got {type(model).__name__}")
+        check_inputs(model, x_spec, name="task.train_data")
+        if eval_source is not None:
+            check_inputs(model, eval_source.element_spec[0], name="task.eval_data")
         dummy = tf.nest.map_structure(lambda s: tf.zeros([1, *s.shape], s.dtype), x_spec)
-        model(dummy, training=False)  # creates every variable inside the scope
+        try:
+            model(dummy, training=False)  # creates every variable inside the scope
+        except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
+            raise ValueError(f"task.train_data: features {_spec_text(x_spec)} do not fit model {t.model.name!r}: "
+                             f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
         loss_fn = registry.build(registry.LOSSES, t.loss.name, t.loss.kwargs, section="task.loss")
         units = _output_units(model)
         if units is None:
@@ -217,7 +228,12 @@ def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, *,
         lr_multipliers = tf.Variable(table.multipliers(group_multipliers=group_mults, layer_decay=o.layer_decay),
                                      trainable=False, name="lr_multipliers")
     schedule = schedules_lib.build(o, total_steps=max(total_steps, 1))
-    jit, reason = dist.jit_allowed(strategy, tr.jit_compile, model_has_conv=_has_conv(model))
+    has_conv = _has_conv(model)
+    jit, reason = dist.jit_allowed(strategy, tr.jit_compile, model_has_conv=has_conv)
+    # Under XLA on one device several steps share one XLA call (a compiled while loop over the
+    # fetched batches), except around convolutions: an XLA loop around a conv layer ran ~50x
+    # slower on CPU (DESIGN.md trap 5).
+    group = _XLA_GROUP_STEPS if jit and not has_conv else 1
     steps = Steps(strategy=strategy, model=model, loss_fn=loss_fn, optimizer=optimizer, variables=variables,
                   weight_decays=table.weight_decays(default=wd_default), lr_multipliers=lr_multipliers,
                   schedule=schedule, lr_factor=lr_factor, global_step=global_step,
@@ -226,7 +242,7 @@ def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, *,
                   accumulation_steps=o.accumulation_steps, class_weights=class_weights,
                   nonfinite=tr.nonfinite, loss_scaling=cfg.runtime.precision == "mixed_float16",
                   initial_loss_scale=cfg.runtime.initial_loss_scale, ema_decay=tr.ema_decay,
-                  jit_compile=jit, inject_nonfinite_at=inject_nonfinite_at)
+                  jit_compile=jit, inject_nonfinite_at=inject_nonfinite_at, xla_group_steps=group)
     logging.info("model %s: %s parameters; jit_compile=%s (%s)", t.model.name,
                  f"{model.count_params():,}", jit, reason)
     return Trainer(cfg=cfg, strategy=strategy, model=model, loss_fn=loss_fn, optimizer=optimizer,
@@ -234,6 +250,48 @@ def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, *,
                    lr_factor=lr_factor, schedule=schedule, total_steps=total_steps, num_train_examples=n_train,
                    num_classes=num_classes, train_source=train_source, eval_source=eval_source,
                    num_eval_examples=n_eval, batches_per_step=batches_per_step, jit_reason=reason)
+
+
+def _spec_text(spec: Any) -> str:
+    return str(tf.nest.map_structure(lambda s: f"{s.dtype.name}{list(s.shape)}", spec))
+
+
+def check_inputs(model: keras.Model, x_spec: Any, *, name: str) -> None:
+    """Raises ValueError if the dataset's features cannot feed `model`'s declared inputs (B4).
+
+    Checks functional models (known `model.inputs`): the per-example shape (unknown dims match
+    anything) and the dtype kind (strings only into string inputs; floats not into int inputs).
+    Names both sides: the dataset's element spec and the model's input.
+    """
+    inputs = getattr(model, "inputs", None)
+    if not inputs:
+        return  # subclassed model: its first call reports a mismatch (wrapped by `build`)
+    specs = tf.nest.flatten(x_spec)
+    if isinstance(x_spec, dict):
+        by_name = {getattr(i, "name", None): i for i in inputs}
+        pairs = [(k, x_spec[k], by_name[k]) for k in x_spec if k in by_name]
+    elif len(specs) == len(inputs):
+        pairs = [(getattr(i, "name", f"input {n}"), s, i) for n, (s, i) in enumerate(zip(specs, inputs))]
+    else:
+        raise ValueError(f"{name}: the dataset has {len(specs)} feature tensor(s) {_spec_text(x_spec)} but model "
+                         f"{model.name!r} has {len(inputs)} input(s) "
+                         f"{[(i.name, list(i.shape[1:])) for i in inputs]}")
+    for input_name, s, inp in pairs:
+        if s.shape.rank is None:
+            continue  # unknown rank: the pipeline's static-shape check names it
+        want = tuple(inp.shape[1:])
+        got = tuple(s.shape)
+        # Keras adds or drops a trailing dimension of size 1 itself: (n,) feeds Input((n, 1)).
+        shape_ok = any(len(a) == len(b) and all(w is None or g is None or w == g for w, g in zip(a, b))
+                       for a, b in ((want, got), (want, got + (1,)), (want + (1,), got)))
+        want_dtype = tf.as_dtype(getattr(inp, "dtype", None) or "float32")
+        bad_dtype = (want_dtype == tf.string) != (s.dtype == tf.string) or \
+            (want_dtype.is_integer and s.dtype.is_floating)
+        if not shape_ok or bad_dtype:
+            raise ValueError(
+                f"{name}: features do not match model {model.name!r} input {input_name!r}: expected per-example "
+                f"shape {list(want)} dtype {want_dtype.name}; got shape {list(got)} dtype {s.dtype.name} "
+                f"(dataset element spec {_spec_text(x_spec)})")
 
 
 def _is_classification(loss_name: str) -> bool:

@@ -45,4 +45,9 @@ class Export:
 
 @registry.register_hook("export")
 def export(subdir: str = "export") -> Export:
+    norm = os.path.normpath(subdir) if isinstance(subdir, str) and subdir else ""
+    if (not norm or os.path.isabs(subdir) or norm == "." or norm.split(os.sep)[0] == ".."
+            or ".." in subdir.replace("\\", "/").split("/")):
+        # Every output stays inside model_dir: no absolute path, no '..'.
+        raise ValueError(f"export.subdir: expected a relative path inside model_dir without '..'; got {subdir!r}")
     return Export(subdir=subdir)
