@@ -1,13 +1,19 @@
 """Digits CNN practices: augmentation + regularization, and separable convolutions.
 
-digits_augment: Keras augmentation layers (rotation, zoom, translation, contrast) in front of a
-    CNN with batch norm, dropout and L2. `task.model.augment=false` is the control.
+digits_augment: Keras augmentation layers (rotation, zoom, translation, contrast; each factor a
+    model kwarg, 0 drops the layer) in front of a CNN with batch norm, dropout and L2.
+    `task.model.augment=false` is the control.
     Run: python -m framework.main --experiment=digits_augment --model_dir=runs/aug \
          --sweep='task.model.augment=false,true'
-    Expected: the augmented run has the smaller train/eval gap (train accuracy - eval accuracy).
+    Expected: both runs reach eval accuracy >= 0.98 with a train/eval accuracy gap <= 0.02 (train
+    accuracy of the final weights in inference mode - eval accuracy; measured 0.0044 without and
+    0.0059 with augmentation). On 8x8 digits augmentation does not shrink the gap: the
+    regularized CNN barely overfits, and rotating or zooming 8x8 images mostly blurs them (also
+    tried with 150 and 300 training images: eval accuracy unchanged, eval loss higher).
 digits_separable: separable convolutions + global average pooling.
     Run: python -m framework.main --experiment=digits_separable --model_dir=runs/sep
-    Expected: eval accuracy >= 0.95 with several times fewer parameters than digits_cnn.
+    Expected: eval accuracy >= 0.95 with several times fewer parameters than digits_cnn (measured
+    0.9889 with 4,186 parameters vs 29,098: 7x fewer).
 """
 from __future__ import annotations
 
@@ -17,16 +23,22 @@ from framework import registry
 
 
 @registry.register_model("digits_augment_cnn")
-def digits_augment_cnn(augment: bool = True, l2: float = 1e-4, dropout: float = 0.3, width: int = 32) -> keras.Model:
+def digits_augment_cnn(augment: bool = True, l2: float = 1e-4, dropout: float = 0.3, width: int = 32,
+                       rotation: float = 0.05, zoom: float = 0.1, translation: float = 0.1,
+                       contrast: float = 0.2) -> keras.Model:
     reg = keras.regularizers.L2(l2) if l2 else None
     inputs = keras.Input((8, 8, 1), name="image")
     x = inputs
     if augment:
-        # Active only with training=True; evaluation sees the raw images.
-        x = keras.layers.RandomRotation(0.05, fill_mode="constant", name="rotate")(x)
-        x = keras.layers.RandomZoom(0.1, fill_mode="constant", name="zoom")(x)
-        x = keras.layers.RandomTranslation(0.1, 0.1, fill_mode="constant", name="translate")(x)
-        x = keras.layers.RandomContrast(0.2, value_range=(0, 1), name="contrast")(x)
+        # Active only with training=True; evaluation sees the raw images. A factor of 0 drops a layer.
+        if rotation:
+            x = keras.layers.RandomRotation(rotation, fill_mode="constant", name="rotate")(x)
+        if zoom:
+            x = keras.layers.RandomZoom(zoom, fill_mode="constant", name="zoom")(x)
+        if translation:
+            x = keras.layers.RandomTranslation(translation, translation, fill_mode="constant", name="translate")(x)
+        if contrast:
+            x = keras.layers.RandomContrast(contrast, value_range=(0, 1), name="contrast")(x)
     for i, filters in enumerate([width, 2 * width], start=1):
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_regularizer=reg, name=f"conv{i}")(x)
         x = keras.layers.BatchNormalization(name=f"bn{i}")(x)

@@ -2,8 +2,10 @@
 
 Run: python -m framework.main --experiment=optimizer_comparison --model_dir=runs/opt \
      --sweep='optimizer.name=sgd,adam,rmsprop'
-Expected: sweep.md lists each optimizer's eval loss/accuracy at every eval and at the end;
-Adam and RMSprop reach >= 0.95 accuracy, plain SGD at this learning rate trails them.
+Expected: Adam and RMSprop reach eval accuracy >= 0.95, plain SGD at this learning rate trails
+them (measured 0.967 / 0.969 vs 0.327). sweep.md and sweep.csv give each optimizer's final eval
+loss and accuracy, sweep.png the eval curves; `python scripts/run_experiments.py --only
+optimizer_comparison` adds the table of training loss per 100-step range to experiments/README.md.
 """
 from __future__ import annotations
 

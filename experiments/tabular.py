@@ -5,12 +5,20 @@ imbalanced_cancer: benign:malignant made 10:1 in training (malignant examples dr
     early stopping on eval AUC with restore-best, ReduceLROnPlateau on eval loss.
     Run: python -m framework.main --experiment=imbalanced_cancer --model_dir=runs/imb \
          --sweep='task.class_weight=null,balanced'
-    Expected: balanced class weights raise malignant recall over the unweighted run.
+    Expected: balanced class weights raise malignant recall over the unweighted run (measured
+    0.887 vs 0.868 at the default seed; 0.906 vs 0.868-0.887 at trainer.seed=1,2,3), at a small
+    cost in precision (0.96-0.98 vs 1.0); AUC about the same (~0.986). The eval split keeps the
+    natural ratio (~37% malignant). In 600 steps eval AUC keeps improving, so early stopping
+    (patience 4 evaluations) does not trigger.
 regularized_mlp: 60 training examples; an MLP with dropout + batch norm + L2 vs the same MLP
     without them.
     Run: python -m framework.main --experiment=regularized_mlp --model_dir=runs/reg \
          --sweep='task.model.regularize=false,true'
-    Expected: the regularized run has the smaller overfitting gap (train - eval accuracy).
+    Expected: the regularized run has the smaller overfitting gap in loss (eval cross-entropy - train
+    cross-entropy of the final weights in inference mode; measured 0.35 without, 0.19 with, and
+    eval loss 0.33-0.36 vs 0.16-0.23 over trainer.seed=1,2,3). Eval accuracy stays about the same
+    (~0.91 both): on 60 examples the unregularized MLP memorizes the training set (train loss ~0)
+    and becomes overconfident on eval, which the loss shows and the accuracy does not.
 """
 from __future__ import annotations
 

@@ -9,7 +9,13 @@ transfer_digits: the same body, a new 5-class head, 300 labelled images of 5-9; 
     Run: python -m framework.main --experiment=transfer_digits --model_dir=runs/transfer \
          --params_override=task.init_checkpoint=runs/pretrain
     Control (from scratch, all layers, same labels): --params_override="{task: {init_checkpoint: null}, trainer: {phases: []}}"
-    Expected: fine-tuning beats training from scratch on the same 300 labels.
+    Expected: the pretrained body carries over: the head alone on it (phase 1, 150 steps) reaches
+    eval accuracy >= 0.5 (chance 0.2; measured 0.65). After all three phases the fine-tuned model
+    reaches eval accuracy >= 0.97 and is at least as good as training from scratch on the same
+    300 labels, within 0.02 (measured 0.9911 vs 0.9777 at the default seed). It does not reliably
+    beat it: on 8x8 digits a from-scratch CNN learns 5-9 from 300 labels almost perfectly
+    (trainer.seed=1,2,3: fine-tuned 0.9955 x3, scratch 0.9911/0.9955/0.9955; with 200 labels
+    scratch was ahead, 0.987/0.982 vs 0.978/0.969), so "fine-tuning beats scratch" is not claimed.
 """
 from __future__ import annotations
 
@@ -19,12 +25,19 @@ from framework import registry
 
 
 @registry.register_model("digits_body_net")
-def digits_body_net(num_classes: int = 5, width: int = 32) -> keras.Model:
+def digits_body_net(num_classes: int = 5, width: int = 32, bn_momentum: float = 0.9) -> keras.Model:
+    """Three conv-BN-ReLU blocks, global average pooling and a linear head (logits).
+
+    Batch norm momentum 0.9, not Keras's 0.99: after the few hundred steps of these runs, 0.99
+    leaves 0.99^450 ~ 1% of the initial moving variance (1.0) in place, several times the true
+    variance of the first block's small activations, and evaluation collapses (from scratch:
+    train accuracy 1.0, eval accuracy 0.19-0.46).
+    """
     inputs = keras.Input((8, 8, 1), name="image")
     x = inputs
     for i, (filters, pool) in enumerate([(width, False), (width, True), (2 * width, False)], start=1):
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{i}_conv")(x)
-        x = keras.layers.BatchNormalization(name=f"block{i}_bn")(x)
+        x = keras.layers.BatchNormalization(momentum=bn_momentum, name=f"block{i}_bn")(x)
         x = keras.layers.ReLU()(x)
         if pool:
             x = keras.layers.MaxPooling2D(2)(x)

@@ -94,9 +94,12 @@ class ConfusionMatrix(keras.metrics.Metric):
         true = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
         w = _flat_weights(sample_weight, true)
         c = self.num_classes
-        self.matrix.assign_add(tf.math.confusion_matrix(true, pred, num_classes=c, weights=w, dtype=tf.float32))
-        self.seen.assign_add(tf.math.bincount(tf.concat([true, pred], 0), minlength=c, maxlength=c,
-                                              dtype=tf.float32))
+        # One-hot products, not tf.math.confusion_matrix / bincount: those lower to scatter and
+        # DenseBincount ops that XLA cannot compile, and metrics run inside the XLA step.
+        t1 = tf.one_hot(true, c, dtype=tf.float32)
+        p1 = tf.one_hot(pred, c, dtype=tf.float32)
+        self.matrix.assign_add(tf.matmul(t1 * tf.cast(w, tf.float32)[:, None], p1, transpose_a=True))
+        self.seen.assign_add(tf.reduce_sum(t1, 0) + tf.reduce_sum(p1, 0))
 
     def result(self) -> tf.Tensor:
         return tf.convert_to_tensor(self.matrix)

@@ -18,7 +18,18 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 _SAFE = re.compile(r"[^A-Za-z0-9_.=,+-]")
+
+
+def _scalar(text: str) -> Any:
+    """A YAML scalar, with numbers YAML 1.1 reads as strings ('1e-3') read as floats."""
+    if not text.strip():
+        return ""
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        return float(value)
+    return value
 
 
 def parse(text: str) -> list[tuple[str, list[Any]]]:
@@ -29,7 +40,7 @@ def parse(text: str) -> list[tuple[str, list[Any]]]:
             raise ValueError(f"--sweep: expected 'dotted.key=v1,v2[;key=...]'; got {text!r}")
         key, values = part.split("=", 1)
         key = key.strip()
-        vals = [yaml.safe_load(v) if v.strip() else "" for v in values.split(",")]
+        vals = [_scalar(v) for v in values.split(",")]
         if not key or not vals or any(v == "" for v in vals):
             raise ValueError(f"--sweep: empty key or value in {part!r}; got {text!r}")
         out.append((key, vals))
