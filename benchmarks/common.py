@@ -4,7 +4,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from typing import Any, Callable
 
@@ -100,3 +103,94 @@ def write(name: str, data: dict[str, Any], table: str, out_dir: str = RESULTS) -
         f.write(f"Machine: {m['cpu']}, {m['cores']} cores; TensorFlow {m['tensorflow']}, Keras {m['keras']}; "
                 f"{m['date']}\n\n{table}\n")
     return paths
+
+
+def tapeline_config(kind: str, *, quick: bool, steps_per_loop: int = 100, jit: Any = "auto",
+                    train_steps: int = 10 ** 9, batch: int | None = None,
+                    runtime: dict[str, Any] | None = None, **trainer: Any) -> Any:
+    """The resolved tapeline config of a benchmark run (synthetic data, Adam, accuracy)."""
+    from framework import config as config_lib
+
+    _, _, default_batch = SIZES[kind]
+    batch = batch or default_batch
+    return config_lib.resolve({
+        "task": {"model": {"name": "bench_model", "kind": kind, "quick": quick},
+                 "train_data": {"name": "bench_data", "kind": kind, "n": 8 * batch, "batch_size": batch},
+                 "loss": {"name": "sparse_categorical_crossentropy"}, "metrics": ["accuracy"]},
+        "trainer": {"train_steps": train_steps, "steps_per_loop": steps_per_loop, "jit_compile": jit, **trainer},
+        "optimizer": {"name": "adam", "learning_rate": 1e-3},
+        "runtime": dict(runtime or {})})
+
+
+def fit_dataset(kind: str, batch: int | None = None, *, shard: bool = False) -> tf.data.Dataset:
+    """The Keras `fit` input: the same cached, shuffled synthetic examples as tapeline's."""
+    _, _, default_batch = SIZES[kind]
+    batch = batch or default_batch
+    x, y = synthetic(kind, 8 * batch)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).cache().shuffle(8 * batch, seed=0).repeat() \
+        .batch(batch, drop_remainder=True)
+    if shard:  # multi-worker: each worker takes its share of every global batch
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        ds = ds.with_options(options)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def compiled_fit_model(kind: str, *, quick: bool, **compile_kw: Any) -> keras.Model:
+    """A compiled Keras model for `fit` (build it inside the strategy's scope)."""
+    keras.utils.set_random_seed(0)
+    model = make_model(kind, quick=quick)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"],
+                  **compile_kw)
+    return model
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process in MiB."""
+    with open("/proc/self/statm", encoding="utf-8") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_child(module: str, args: list[str], *, timeout_s: float, env: dict[str, str] | None = None,
+              result_path: str) -> dict[str, Any]:
+    """Runs `python -m module args` in a fresh process and returns the JSON it wrote to `result_path`.
+
+    Raises:
+      RuntimeError: the child failed or timed out (with the tail of its output).
+    """
+    cmd = [sys.executable, "-m", module, *args, f"--result={result_path}"]
+    e = dict(os.environ if env is None else env)
+    e.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        p = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as ex:
+        raise RuntimeError(f"{' '.join(cmd)}: no result within {timeout_s:g}s") from ex
+    if p.returncode != 0 or not os.path.exists(result_path):
+        tail = "\n".join((p.stdout + p.stderr).strip().splitlines()[-25:])
+        raise RuntimeError(f"{' '.join(cmd)} exited with {p.returncode}:\n{tail}")
+    with open(result_path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_json(path: str, data: Any) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1)
+
+
+def quiet() -> None:
+    """Less TensorFlow / absl chatter in benchmark output."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*shuffle=True.*")
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)

@@ -10,7 +10,9 @@ Variants, measured in one process, interleaved, after a warm-up, median of --rep
   d  Keras fit, defaults
   e  Keras fit, steps_per_execution=50, jit_compile=True
   f  eager GradientTape loop
-Writes benchmarks/results/overhead.{json,md}.
+tapeline is timed per compiled inner-loop call plus the host reads the controller makes per
+loop (step, loss, metrics); the controller's Python work (summaries, log line) is not in it.
+Writes benchmarks/results/overhead.{json,md,png}.
 """
 from __future__ import annotations
 
@@ -24,7 +26,6 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import common
-from framework import config as config_lib
 from framework import trainer as trainer_lib
 
 
@@ -50,35 +51,30 @@ def _raw_loop(kind: str, quick: bool, jit: bool) -> Callable[[int], None]:
 
 
 def _tapeline(kind: str, quick: bool, jit: Any, steps_per_loop: int) -> Callable[[int], None]:
-    _, _, batch = common.SIZES[kind]
-    cfg = config_lib.resolve({
-        "task": {"model": {"name": "bench_model", "kind": kind, "quick": quick},
-                 "train_data": {"name": "bench_data", "kind": kind, "n": 8 * batch, "batch_size": batch},
-                 "loss": {"name": "sparse_categorical_crossentropy"}, "metrics": ["accuracy"]},
-        "trainer": {"train_steps": 10 ** 9, "steps_per_loop": steps_per_loop, "jit_compile": jit},
-        "optimizer": {"name": "adam", "learning_rate": 1e-3}})
+    cfg = common.tapeline_config(kind, quick=quick, steps_per_loop=steps_per_loop, jit=jit)
     t = trainer_lib.build(cfg, tf.distribute.get_strategy())
     it = iter(t.train_dataset(start_step=0))
     active = list(range(len(t.groups.variables)))
 
     def run(k: int) -> None:
+        t.steps.reset_train_metrics()
         t.steps.train_loop(it, k, active)
-        t.global_step.numpy()  # the controller's one host copy per loop
+        # The controller's host copies of one loop: the step, the loss and the metrics.
+        t.global_step.numpy()
+        float(t.steps.loss_mean.result())
+        for m in t.steps.train_metrics.values():
+            m.result().numpy()
 
     run.jit = t.steps.jit_compile  # type: ignore[attr-defined]
+    run.group = t.steps.xla_group_steps  # type: ignore[attr-defined]
+    run.reason = t.jit_reason  # type: ignore[attr-defined]
     return run
 
 
 def _fit(kind: str, quick: bool, tuned: bool) -> Callable[[int], None]:
-    keras.utils.set_random_seed(0)
-    model = common.make_model(kind, quick=quick)
-    _, _, batch = common.SIZES[kind]
     kw = {"steps_per_execution": 50, "jit_compile": True} if tuned else {}
-    model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"], **kw)
-    x, y = common.synthetic(kind, 8 * batch)
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).cache().shuffle(8 * batch, seed=0).repeat() \
-        .batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    model = common.compiled_fit_model(kind, quick=quick, **kw)
+    ds = common.fit_dataset(kind)
     return lambda k: model.fit(ds, epochs=1, steps_per_epoch=k, verbose=0)
 
 
@@ -114,48 +110,99 @@ def measure(kind: str, *, quick: bool, reps: int, steps: int) -> dict[str, Any]:
         "e_fit_tuned": _fit(kind, quick, True),
         "f_eager": _eager(kind, quick),
     }
-    n_steps = {k: (max(steps // 5, 2) if k == "f_eager" else steps) for k in variants}
+    # Steps per timed call: fewer where one step is slow (the eager loop; XLA around convolutions
+    # on CPU, about 50x slower) so that every variant takes a comparable time.
+    n_steps = {k: steps for k in variants}
+    n_steps["f_eager"] = max(steps // 5, 2)
+    if kind == "cnn" and not quick:
+        n_steps["a_raw_xla"] = max(steps // 10, 2)
     for k, fn in variants.items():  # warm-up: trace, compile, fill pipelines
         fn(min(n_steps[k], 10))
         fn(n_steps[k])
     times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(reps):
+    for r in range(reps):
         for k, fn in variants.items():
             times[k].append(n_steps[k] / common.timed(lambda: fn(n_steps[k])))
+        print(f"overhead: {kind} repetition {r + 1}/{reps}", flush=True)
     sps = {k: common.median(v) for k, v in times.items()}
     _, _, batch = common.SIZES[kind]
     raw = max(sps["a_raw_xla"], sps["a_raw"])
-    out = {"model": kind, "batch": batch, "steps_per_call": steps, "reps": reps, "steps_per_sec": sps,
-           "samples": times, "b_jit": bool(variants["b_tapeline"].jit)}
+    b = variants["b_tapeline"]
+    out = {"model": kind, "batch": batch, "steps_per_call": n_steps, "reps": reps, "steps_per_sec": sps,
+           "samples": times, "b_jit": bool(b.jit), "b_xla_group_steps": int(b.group), "b_jit_reason": b.reason}
     sps["a_raw_best"] = raw
     sps["c_tapeline"] = max(sps["c_tapeline_jit"], sps["c_tapeline_nojit"])
+    out["examples_per_sec"] = {k: v * batch for k, v in sps.items()}
     out["ratios"] = {k: {"vs_raw": v / raw, "vs_fit": v / sps["d_fit"]} for k, v in sps.items()}
+    out["targets"] = {
+        "b_vs_raw >= 0.95": sps["b_tapeline"] / raw,
+        f"b_vs_fit >= {1.5 if kind == 'mlp' else 1.0}": sps["b_tapeline"] / sps["d_fit"],
+        **({"b_vs_fit_tuned >= 1.1": sps["b_tapeline"] / sps["e_fit_tuned"]} if kind == "mlp" else {}),
+    }
     return out
 
 
+LABELS = {
+    "a_raw_best": "(a) raw limit, best", "a_raw_xla": "(a) raw limit, XLA loop", "a_raw": "(a) raw limit, no XLA",
+    "b_tapeline": "(b) tapeline defaults", "c_tapeline": "(c) tapeline tuned, best",
+    "c_tapeline_jit": "(c) tapeline jit_compile=true", "c_tapeline_nojit": "(c) tapeline jit_compile=false",
+    "d_fit": "(d) Keras fit defaults", "e_fit_tuned": "(e) Keras fit, steps_per_execution=50, jit_compile",
+    "f_eager": "(f) eager GradientTape loop",
+}
+
+
+def profile(kind: str, *, quick: bool, steps: int, log_dir: str) -> None:
+    """Traces `steps` steps of tapeline's defaults (b) after a warm-up with the TF profiler."""
+    run = _tapeline(kind, quick, "auto", steps)
+    run(steps)
+    run(steps)
+    tf.profiler.experimental.start(log_dir)
+    try:
+        run(steps)
+    finally:
+        tf.profiler.experimental.stop()
+    print(f"profile of {steps} steps of (b) on {kind}: {log_dir}")
+
+
 def table(results: list[dict[str, Any]]) -> str:
-    order = ["a_raw_best", "a_raw_xla", "a_raw", "b_tapeline", "c_tapeline", "c_tapeline_jit", "c_tapeline_nojit",
-             "d_fit", "e_fit_tuned", "f_eager"]
-    head = "| variant | " + " | ".join(f"{r['model']} b{r['batch']}: steps/s (x raw, x fit)" for r in results) + " |"
-    lines = [head, "|---" * (len(results) + 1) + "|"]
+    order = list(LABELS)
+    head = "| variant | " + " | ".join(
+        f"{r['model']} b{r['batch']}: steps/s | examples/s | x (a) | x (d)" for r in results) + " |"
+    lines = [head, "|---" * (4 * len(results) + 1) + "|"]
     for k in order:
         cells = []
         for r in results:
-            s = r["steps_per_sec"][k]
-            q = r["ratios"][k]
-            cells.append(f"{s:.1f} ({q['vs_raw']:.2f}, {q['vs_fit']:.2f})")
-        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+            s, q = r["steps_per_sec"][k], r["ratios"][k]
+            cells.append(f"{s:.1f} | {r['examples_per_sec'][k]:,.0f} | {q['vs_raw']:.2f} | {q['vs_fit']:.2f}")
+        lines.append(f"| {LABELS[k]} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for r in results:
+        lines.append(f"{r['model']}: (b) chose jit_compile={r['b_jit']} ({r['b_jit_reason']}), "
+                     f"{r['b_xla_group_steps']} step(s) per XLA call. Targets: "
+                     + "; ".join(f"{k}: {v:.2f} {'met' if v >= float(k.split('>= ')[1]) else 'MISSED'}"
+                                 for k, v in r["targets"].items()))
+    lines.append(f"\nMedians of {results[0]['reps']} interleaved repetitions after a warm-up; steps per timed "
+                 f"call: {', '.join(f'{k}={v}' for k, v in results[0]['steps_per_call'].items())} "
+                 f"({results[0]['model']}).")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes, 1 repetition (CI)")
-    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--reps", type=int, default=7)
     p.add_argument("--steps", type=int, default=100, help="steps per timed call")
     p.add_argument("--models", default="mlp,cnn")
     p.add_argument("--out_dir", default=common.RESULTS)
+    p.add_argument("--profile_steps", type=int, default=0,
+                   help="only profile: N steps of (b) per model under the TensorBoard profiler into "
+                        "<out_dir>/profile/<model> (view with tensorboard --logdir; needs tensorboard-plugin-profile)")
     a = p.parse_args(argv)
+    common.quiet()
+    if a.profile_steps:
+        for k in a.models.split(","):
+            profile(k, quick=a.quick, steps=a.profile_steps, log_dir=os.path.join(a.out_dir, "profile", k))
+        return 0
     reps, steps = (1, 5) if a.quick else (a.reps, a.steps)
     results = [measure(k, quick=a.quick, reps=reps, steps=steps) for k in a.models.split(",")]
     data = {"machine": common.machine(), "quick": a.quick, "results": results}
@@ -174,10 +221,12 @@ def _chart(results: list[dict[str, Any]], path: str) -> None:
     import matplotlib.pyplot as plt
 
     keys = ["a_raw_best", "b_tapeline", "c_tapeline", "d_fit", "e_fit_tuned", "f_eager"]
-    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.5))
+    fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 3.5))
     axes = np.atleast_1d(axes)
     for ax, r in zip(axes, results):
-        ax.barh(keys, [r["steps_per_sec"][k] for k in keys])
+        ax.barh([LABELS[k] for k in keys], [r["steps_per_sec"][k] for k in keys],
+                color=["#888", "#d62728", "#ff9896", "#1f77b4", "#aec7e8", "#bbb"])
+        ax.tick_params(axis="y", labelsize=7)
         ax.set_title(f"{r['model']} (batch {r['batch']})")
         ax.set_xlabel("steps/s")
         ax.invert_yaxis()

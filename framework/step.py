@@ -55,7 +55,7 @@ class Steps:
                  class_weights: Sequence[float] | None = None, nonfinite: str = "terminate",
                  loss_scaling: bool = False, initial_loss_scale: float = 32768.0,
                  ema_decay: float | None = None, jit_compile: bool = False,
-                 inject_nonfinite_at: int | None = None) -> None:
+                 inject_nonfinite_at: int | None = None, xla_group_steps: int = 1) -> None:
         self.strategy = strategy
         self.model = model
         self.loss_fn = loss_fn
@@ -78,6 +78,9 @@ class Steps:
         self.loss_scaling = loss_scaling
         self.ema_decay = ema_decay
         self.jit_compile = jit_compile
+        # With XLA over the whole step on one device: steps per XLA call (amortizes the launch;
+        # only for models whose XLA while loop is fast, see trainer.build).
+        self.xla_group_steps = max(1, int(xla_group_steps)) if self._whole_step_xla() else 1
         # Test hook (never set from config): make the loss of this global step non-finite.
         self.inject_nonfinite_at = inject_nonfinite_at
         self.traces: collections.Counter = collections.Counter()
@@ -179,9 +182,12 @@ class Steps:
         acc = ctx.all_reduce(tf.distribute.ReduceOp.SUM, acc)
         global_loss = ctx.all_reduce(tf.distribute.ReduceOp.SUM, total_loss)
         loss_ok = tf.math.is_finite(global_loss)
-        grads_ok = _all_finite(acc)
         groups = [self.group_of[i] for i in active]
         clipped, stats = clipping.clip_gradients(acc, groups=groups, clip=self.clip)
+        # A finite global norm (of the unclipped gradients) implies finite gradients: the full
+        # elementwise check, another pass over every gradient, runs only when it is not.
+        grads_ok = tf.cond(tf.math.is_finite(stats["grad_norm"]), lambda: tf.constant(True),
+                           lambda: _all_finite(acc))
         self.loss_mean.update_state(global_loss)
         for k, v in stats.items():
             if k == "clipped":
@@ -229,28 +235,42 @@ class Steps:
                                              args=(src,), group=False)
             return tf.constant(True)
 
-        tf.cond(ok, update, lambda: tf.constant(False))
+        # `live` is False only for the remaining steps of an XLA group after a halt (see
+        # `_make_train_loop`): they change no state. Elsewhere a step never starts halted.
+        live = tf.logical_not(self.halt)
+        tf.cond(tf.logical_and(ok, live), update, lambda: tf.constant(False))
         if self.loss_scaling:
             # Dynamic loss scaling: halve on overflow, double after a run of finite steps.
             grow = tf.logical_and(ok, self.good_steps + 1 >= _GROWTH_INTERVAL)
-            self.loss_scale.assign(tf.where(ok, tf.where(grow, self.loss_scale * 2.0, self.loss_scale),
-                                            tf.maximum(self.loss_scale / 2.0, 1.0)))
-            self.good_steps.assign(tf.where(ok, tf.where(grow, tf.constant(0, tf.int64), self.good_steps + 1),
-                                            tf.constant(0, tf.int64)))
+            scale = tf.where(ok, tf.where(grow, self.loss_scale * 2.0, self.loss_scale),
+                             tf.maximum(self.loss_scale / 2.0, 1.0))
+            good = tf.where(ok, tf.where(grow, tf.constant(0, tf.int64), self.good_steps + 1),
+                            tf.constant(0, tf.int64))
+            self.loss_scale.assign(tf.where(live, scale, self.loss_scale))
+            self.good_steps.assign(tf.where(live, good, self.good_steps))
             # A gradient overflow under fp16 is routine: skipped and counted, never a policy hit.
             policy_hit = tf.logical_not(loss_ok)
         else:
             policy_hit = tf.logical_not(ok)
-        self.nonfinite_steps.assign_add(tf.cast(tf.logical_not(ok), tf.int64))
+        self.nonfinite_steps.assign_add(tf.cast(tf.logical_and(tf.logical_not(ok), live), tf.int64))
         if self.nonfinite != "skip":
-            self.halt.assign(policy_hit)
-            self.nonfinite_step.assign(tf.where(policy_hit, step, self.nonfinite_step))
-            self.nonfinite_loss.assign(tf.logical_not(loss_ok))
+            hit = tf.logical_and(policy_hit, live)
+            self.halt.assign(tf.logical_or(self.halt, hit))
+            self.nonfinite_step.assign(tf.where(hit, step, self.nonfinite_step))
+            self.nonfinite_loss.assign(tf.where(live, tf.logical_not(loss_ok), self.nonfinite_loss))
+
+    def _whole_step_xla(self) -> bool:
+        """XLA over the whole step (forward, backward, statistics, update): one device, no
+        Mirrored / MultiWorkerMirrored (trap 5) or TPU strategy (it compiles by itself); there
+        only the forward and backward pass are given to XLA, as before."""
+        other = (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.TPUStrategy)
+        return bool(self.jit_compile) and self.strategy.num_replicas_in_sync == 1 and \
+            not isinstance(self.strategy, other)
 
     def _compute_fn(self, active: tuple[int, ...]) -> Callable:
         def compute(x, y, w):
             return self._forward_backward(x, y, w, active)
-        if self.jit_compile:
+        if self.jit_compile and not self._whole_step_xla():
             return tf.function(compute, jit_compile=True, autograph=False)
         return compute
 
@@ -273,18 +293,73 @@ class Steps:
         strategy = self.strategy
         n_micro = self.accumulation_steps
 
+        # The step body is not converted by AutoGraph (as in Keras's own train step): it needs
+        # no Python control flow on tensors, and converting the model, optimizer and metrics
+        # code recursively made the first trace ~5x slower (measured: 2.1 s vs 0.4 s, MLP).
+        @tf.autograph.experimental.do_not_convert
+        def one_step(batches):
+            step = self.global_step.read_value()
+            strategy.run(self._replica_train, args=(batches, active, step))
+            self.global_step.assign_add(tf.where(self.halt, tf.constant(0, tf.int64), tf.constant(1, tf.int64)))
+
+        if not self._whole_step_xla():
+            @tf.function
+            def loop(iterator, num_steps):
+                self.traces["train"] += 1
+                self.halt.assign(False)
+                i = tf.constant(0, tf.int64)
+                while tf.logical_and(i < num_steps, tf.logical_not(self.halt)):
+                    one_step([next(iterator) for _ in range(n_micro)])
+                    i += 1
+                return i
+
+            return loop
+
+        # XLA over the whole step on one device. Up to `group` steps share one XLA call (one
+        # launch, one executable for any count): an XLA while loop over `count` stacked batches.
+        # Only the batches of the steps to run are fetched (the data position stays exact);
+        # unused slots repeat the last batch and are never read. A step after a halt inside the
+        # group changes no state (`live` in _cross_replica_apply); only the metrics of this
+        # abandoned loop may still move.
+        group = self.xla_group_steps
+        if group == 1:
+            # One step per XLA call, no XLA loop (an XLA loop around a conv layer ran ~50x
+            # slower on CPU: DESIGN.md trap 5).
+            xla_step = tf.function(one_step, jit_compile=True, autograph=False)
+
+            @tf.function
+            def loop(iterator, num_steps):
+                self.traces["train"] += 1
+                self.halt.assign(False)
+                i = tf.constant(0, tf.int64)
+                while tf.logical_and(i < num_steps, tf.logical_not(self.halt)):
+                    xla_step([next(iterator) for _ in range(n_micro)])
+                    i += 1
+                return i
+
+            return loop
+
+        @tf.function(jit_compile=True, autograph=False)
+        def xla_steps(stacked, count):
+            def body(j):
+                one_step(tf.nest.map_structure(lambda t: t[j], stacked))
+                return (j + 1,)
+            tf.while_loop(lambda j: j < count, body, (tf.constant(0),))
+
         @tf.function
         def loop(iterator, num_steps):
             self.traces["train"] += 1
             self.halt.assign(False)
             i = tf.constant(0, tf.int64)
             while tf.logical_and(i < num_steps, tf.logical_not(self.halt)):
-                batches = [next(iterator) for _ in range(n_micro)]
-                step = self.global_step.read_value()
-                strategy.run(self._replica_train, args=(batches, active, step))
-                if not self.halt:
-                    self.global_step.assign_add(1)
-                i += 1
+                count = tf.minimum(num_steps - i, group)
+                fetched = [[next(iterator) for _ in range(n_micro)]]
+                for k in range(1, group):
+                    prev = fetched[-1]
+                    fetched.append(tf.cond(k < count, lambda: [next(iterator) for _ in range(n_micro)],
+                                           lambda prev=prev: prev))
+                xla_steps(tf.nest.map_structure(lambda *ts: tf.stack(ts), *fetched), tf.cast(count, tf.int32))
+                i += count
             return i
 
         return loop
@@ -294,6 +369,7 @@ class Steps:
         if self._eval_fn is None:
             strategy = self.strategy
 
+            @tf.autograph.experimental.do_not_convert  # as the train step (see _make_train_loop)
             def replica_eval(batch):
                 x, y, w = batch
                 pred = tf.cast(self.model(x, training=False), tf.float32)

@@ -1,0 +1,47 @@
+"""Copies the latest result tables into benchmarks/README.md (numbers come only from runs).
+
+    python -m benchmarks.readme     # after the benchmark scripts have written benchmarks/results/
+
+Each `<!-- results:NAME -->` ... `<!-- /results:NAME -->` block of the README is replaced by the
+contents of `benchmarks/results/NAME.md` (machine line and table) as the script wrote it.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def splice(readme: str, results_dir: str) -> tuple[str, list[str]]:
+    """The README text with every results block refreshed; also the names that were found."""
+    found = []
+
+    def repl(m: re.Match) -> str:
+        name = m.group(1)
+        path = os.path.join(results_dir, f"{name}.md")
+        if not os.path.exists(path):
+            return m.group(0)
+        found.append(name)
+        with open(path, encoding="utf-8") as f:
+            body = f.read().strip()
+        return f"<!-- results:{name} -->\n{body}\n<!-- /results:{name} -->"
+
+    out = re.sub(r"<!-- results:(\w+) -->.*?<!-- /results:\1 -->", repl, readme, flags=re.S)
+    return out, found
+
+
+def main(argv: list[str] | None = None) -> int:
+    path = os.path.join(HERE, "README.md")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    out, found = splice(text, os.path.join(HERE, "results"))
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(out)
+    print(f"benchmarks/README.md: refreshed {', '.join(found) or 'nothing'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

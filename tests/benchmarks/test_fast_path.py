@@ -1,0 +1,114 @@
+"""The speed paths of the compiled loop keep the semantics of the plain one.
+
+On one device with XLA (`trainer.jit_compile` true, or auto for a model without convolutions)
+the whole step is compiled and several steps share one XLA call (a compiled while loop over
+fetched batches, `Steps.xla_group_steps`). These tests pin what must not change: K steps in
+one call equal K single calls, a non-finite step in the middle of a group halts exactly as
+the one-step loop does, and the group is used only where it was measured to pay.
+"""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from framework import controller as controller_lib
+from framework import trainer as trainer_lib
+from tests import _components as C
+
+
+def _cfg(key, **trainer):
+    return C.make_config(task={"model": {"hidden": 16}, "train_data": {"key": key}, "eval_data": {"name": ""}},
+                         trainer={"jit_compile": True, **trainer}, optimizer={"name": "adam", "learning_rate": 0.01})
+
+
+def _active(t):
+    return list(range(len(t.groups.variables)))
+
+
+def test_xla_group_used_only_on_one_device_without_convolutions():
+    x, y = C.toy_classification(n=64)
+    C.set_arrays("fp", x, y)
+    t = trainer_lib.build(_cfg("fp"), tf.distribute.get_strategy())
+    assert t.steps.jit_compile and t.steps.xla_group_steps > 1
+    t = trainer_lib.build(_cfg("fp", jit_compile=False), tf.distribute.get_strategy())
+    assert not t.steps.jit_compile
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"],
+                                              cross_device_ops=tf.distribute.ReductionToOneDevice())
+    t = trainer_lib.build(_cfg("fp", jit_compile="auto"), mirrored)
+    assert not t.steps.jit_compile  # trap 5: no XLA on the replica function under Mirrored
+
+
+@pytest.mark.parametrize("n", [3, 11, 19])  # a partial group; groups plus a remainder
+def test_k_steps_in_one_call_equal_k_single_calls_under_xla(n):
+    x, y = C.toy_classification(n=64)
+    C.set_arrays("fp", x, y)
+    a = trainer_lib.build(_cfg("fp"), tf.distribute.get_strategy())
+    b = trainer_lib.build(_cfg("fp"), tf.distribute.get_strategy())
+    assert a.steps.xla_group_steps == 8
+    a.steps.train_loop(iter(a.train_dataset(start_step=0)), n, _active(a))
+    it = iter(b.train_dataset(start_step=0))
+    for _ in range(n):
+        b.steps.train_loop(it, 1, _active(b))
+    for va, vb in zip(a.model.variables + a.optimizer.variables, b.model.variables + b.optimizer.variables):
+        np.testing.assert_array_equal(va.numpy(), vb.numpy())
+    assert int(a.global_step.numpy()) == int(b.global_step.numpy()) == n
+    assert int(a.optimizer.iterations.numpy()) == n
+    assert a.steps.traces["train"] == 1
+
+
+def test_nonfinite_inside_a_group_halts_like_the_single_step_loop(tmp_path):
+    x, y = C.toy_classification(n=64)
+    C.set_arrays("fp", x, y)
+    bad = 5  # inside the first group of 8
+    t = trainer_lib.build(_cfg("fp"), tf.distribute.get_strategy(), inject_nonfinite_at=bad)
+    ref = trainer_lib.build(_cfg("fp"), tf.distribute.get_strategy())
+    assert t.steps.xla_group_steps == 8
+    t.steps.train_loop(iter(t.train_dataset(start_step=0)), 12, _active(t))
+    ref.steps.train_loop(iter(ref.train_dataset(start_step=0)), bad, _active(ref))
+    assert bool(t.steps.halt.numpy())
+    assert int(t.global_step.numpy()) == bad
+    assert int(t.steps.nonfinite_step.numpy()) == bad
+    assert bool(t.steps.nonfinite_loss.numpy())
+    assert int(t.steps.nonfinite_steps.numpy()) == 1  # the steps after the halt are not counted
+    assert int(t.optimizer.iterations.numpy()) == bad
+    for va, vb in zip(t.model.variables + t.optimizer.variables, ref.model.variables + ref.optimizer.variables):
+        np.testing.assert_array_equal(va.numpy(), vb.numpy())
+
+
+def test_nonfinite_terminate_through_the_controller_under_xla(tmp_path):
+    x, y = C.toy_classification(n=64)
+    C.set_arrays("fp", x, y)
+    cfg = _cfg("fp", train_steps=16, steps_per_loop=8, checkpoint_interval=8, nonfinite="terminate")
+    t = trainer_lib.build(cfg, tf.distribute.get_strategy(), inject_nonfinite_at=10)
+    with pytest.raises(controller_lib.NonFiniteError, match=r"non-finite loss at step 10"):
+        controller_lib.Controller(trainer=t, model_dir=str(tmp_path)).train(evaluate=False)
+    assert int(t.global_step.numpy()) == 10
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-10")
+
+
+def test_skip_policy_inside_a_group_skips_only_that_step():
+    x, y = C.toy_classification(n=64)
+    C.set_arrays("fp", x, y)
+    t = trainer_lib.build(_cfg("fp", nonfinite="skip"), tf.distribute.get_strategy(), inject_nonfinite_at=2)
+    t.steps.train_loop(iter(t.train_dataset(start_step=0)), 8, _active(t))
+    assert int(t.global_step.numpy()) == 8
+    assert int(t.steps.nonfinite_steps.numpy()) == 1
+    assert int(t.optimizer.iterations.numpy()) == 7
+    assert not bool(t.steps.halt.numpy())
+
+
+def test_conv_model_under_xla_runs_one_step_per_call_and_matches_single_calls():
+    from benchmarks import common
+
+    def build():
+        cfg = common.tapeline_config("cnn", quick=True, jit=True, batch=8)
+        return trainer_lib.build(cfg, tf.distribute.get_strategy())
+
+    a, b = build(), build()
+    assert a.steps.jit_compile and a.steps.xla_group_steps == 1  # no XLA loop around convolutions
+    a.steps.train_loop(iter(a.train_dataset(start_step=0)), 3, _active(a))
+    it = iter(b.train_dataset(start_step=0))
+    for _ in range(3):
+        b.steps.train_loop(it, 1, _active(b))
+    for va, vb in zip(a.model.variables + a.optimizer.variables, b.model.variables + b.optimizer.variables):
+        np.testing.assert_array_equal(va.numpy(), vb.numpy())
+    assert int(a.global_step.numpy()) == 3

@@ -1,0 +1,85 @@
+"""The benchmark scripts run end to end in their quick modes (tiny sizes, one repetition).
+
+Only the files and their keys are checked: timings on a shared machine are never asserted.
+Each script runs in a fresh process, as a user would run it (logical devices, subprocesses).
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _run(module: str, out_dir: str, *extra: str, timeout: float = 240) -> None:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    env.pop("TF_CONFIG", None)
+    p = subprocess.run([sys.executable, "-m", module, "--quick", f"--out_dir={out_dir}", *extra], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+
+
+def _files(out_dir: str, name: str) -> dict:
+    for ext in ("json", "md", "png"):
+        path = os.path.join(out_dir, f"{name}.{ext}")
+        assert os.path.exists(path) and os.path.getsize(path) > 0, path
+    with open(os.path.join(out_dir, f"{name}.md"), encoding="utf-8") as f:
+        md = f.read()
+    assert md.startswith("Machine: ") and "TensorFlow" in md and "|---" in md, md
+    with open(os.path.join(out_dir, f"{name}.json"), encoding="utf-8") as f:
+        data = json.load(f)
+    assert data["quick"] is True
+    assert {"cpu", "cores", "tensorflow", "keras", "date"} <= set(data["machine"])
+    return data
+
+
+def test_overhead_quick(tmp_path):
+    _run("benchmarks.overhead", str(tmp_path), "--models=mlp,cnn")
+    data = _files(str(tmp_path), "overhead_quick")
+    assert [r["model"] for r in data["results"]] == ["mlp", "cnn"]
+    for r in data["results"]:
+        want = {"a_raw_best", "a_raw_xla", "a_raw", "b_tapeline", "c_tapeline", "d_fit", "e_fit_tuned", "f_eager"}
+        assert want <= set(r["steps_per_sec"])
+        assert want <= set(r["ratios"])
+        assert {"vs_raw", "vs_fit"} == set(r["ratios"]["b_tapeline"])
+        assert all(v > 0 for v in r["steps_per_sec"].values())
+        assert {"examples_per_sec", "b_jit"} <= set(r)
+
+
+def test_scaling_quick(tmp_path):
+    _run("benchmarks.scaling", str(tmp_path))
+    data = _files(str(tmp_path), "scaling_quick")
+    setups = [r["setup"] for r in data["rows"]]
+    assert setups == ["default", "mirrored:1", "mirrored:2", "workers:2"]
+    assert [r["replicas"] for r in data["rows"]] == [1, 1, 2, 2]
+    for r in data["rows"]:
+        assert {"tapeline", "fit"} <= set(r["steps_per_sec"])
+        for k in ("speedup", "efficiency", "overhead", "examples_per_sec"):
+            assert set(r[k]) == {"tapeline", "fit", "fit_spe"}
+        assert {"tapeline_vs_fit", "tapeline_vs_fit_spe"} <= set(r)
+        assert all(v > 0 for v in r["steps_per_sec"].values())
+
+
+def test_startup_quick(tmp_path):
+    _run("benchmarks.startup", str(tmp_path))
+    data = _files(str(tmp_path), "startup_quick")
+    assert {(r["framework"], r["model"]) for r in data["first_step"]} == {("tapeline", "mlp"), ("fit", "mlp")}
+    for r in data["first_step"]:
+        assert {"build_s", "first_step_s", "to_first_step_s", "peak_rss_mb", "import_s"} <= set(r)
+        assert r["first_step_s"] > 0 and r["peak_rss_mb"] > 0
+    assert {r["framework"] for r in data["growth"]} == {"tapeline", "fit"}
+    for r in data["growth"]:
+        assert r["marks"] == [50, 200]
+        assert set(r["rss_at_mb"]) == {"50", "200"}
+        assert all(v > 0 for v in r["rss_at_mb"].values())
+        assert "growth_mb" in r and r["series"]
+
+
+def test_overhead_profile_writes_a_trace(tmp_path):
+    from benchmarks import overhead
+
+    assert overhead.main(["--quick", "--models=mlp", "--profile_steps=3", f"--out_dir={tmp_path}"]) == 0
+    traces = list((tmp_path / "profile" / "mlp").rglob("*.xplane.pb"))
+    assert traces and traces[0].stat().st_size > 0
