@@ -130,7 +130,13 @@ class Controller:
                 h.load_state(data[str(i)])
 
     def _dispatch(self, event: str) -> None:
-        for h in self.hooks:
+        hooks = self.hooks
+        if event == "end":
+            # Hooks that put other weights into the model (early stopping's restore_best) run
+            # first, whatever their place in the config, so that exports and reports at the
+            # end see the weights the run ends with (the order is otherwise kept).
+            hooks = sorted(hooks, key=lambda h: not getattr(h, "restores_weights", False))
+        for h in hooks:
             h(event, self.ctx)
 
     # ----------------------------------------------------------------- phases

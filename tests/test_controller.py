@@ -111,3 +111,25 @@ def test_eval_mode_restores_and_evaluates(tmp_path):
     assert out["step"] == 8 and set(out["eval"]) >= {"loss", "accuracy"}
     with pytest.raises(main_lib.UserError, match="no checkpoint"):
         main_lib.run(_cfg(8), model_dir=main_lib.check_model_dir(str(tmp_path / "empty")), mode="eval")
+
+
+def test_early_stopping_restores_before_other_end_hooks(tmp_path):
+    from framework.hooks.early_stopping import EarlyStopping
+
+    seen = {}
+
+    def record_end(event, ctx):  # listed first, as an export hook might be
+        if event == "end":
+            seen["weights"] = [w.copy() for w in ctx.get_weights()]
+
+    # mode=max on the eval loss: the first eval (step 8) is the best, the second stops the run.
+    stopper = EarlyStopping(monitor="loss", mode="max", patience=1, restore_best=True)
+    t, _, step = _run(_cfg(24), tmp_path, hooks=[record_end, stopper])
+    assert step == 16 and stopper.best_step == 8 and stopper.stopped_step == 16
+    with np.load(tmp_path / "early_stopping_best.npz") as best:
+        want = [best[f"w{i}"] for i in range(len(best.files))]
+    assert len(seen["weights"]) == len(want)
+    for got, w in zip(seen["weights"], want):
+        np.testing.assert_array_equal(got, w)
+    for v, w in zip(t.model.variables, want):
+        np.testing.assert_array_equal(v.numpy(), w, err_msg=v.path)

@@ -29,6 +29,9 @@ def resolve_mode(mode: str, monitor: str, *, section: str) -> str:
 class EarlyStopping:
     """Stops when `monitor` has not improved for `patience` evaluations."""
 
+    # Runs first at "end" (see Controller._dispatch): exports then see the restored weights.
+    restores_weights = True
+
     def __init__(self, *, monitor: str = "loss", mode: str = "auto", patience: int = 5,
                  min_delta: float = 0.0, start_from_step: int = 0, restore_best: bool = True) -> None:
         if patience < 1:
