@@ -15,6 +15,7 @@ import types
 import typing
 from typing import Any, Mapping, Optional, Union
 
+from absl import logging
 import yaml
 
 
@@ -546,10 +547,27 @@ def dump_yaml(cfg: ExperimentConfig) -> str:
 
 
 def save(cfg: ExperimentConfig, path: str) -> None:
-    """Writes `cfg` as YAML to `path` atomically."""
+    """Writes `cfg` as YAML to `path` atomically.
+
+    A different config already at `path` (a rerun of the same model_dir with other settings) is
+    kept as `<stem>.1.yaml`, `<stem>.2.yaml`, ... (oldest first), never overwritten: the settings
+    the existing checkpoints were trained with stay on record even if the new run is refused.
+    """
+    text = dump_yaml(cfg)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            old = f.read()
+        if old != text:
+            stem, ext = os.path.splitext(path)
+            n = 1
+            while os.path.exists(f"{stem}.{n}{ext}"):
+                n += 1
+            os.replace(path, f"{stem}.{n}{ext}")
+            logging.info("%s differs from this run's config: the previous one is kept as %s", path,
+                         f"{stem}.{n}{ext}")
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
-        f.write(dump_yaml(cfg))
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

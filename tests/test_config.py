@@ -1,4 +1,6 @@
 """Typed config: defaults, overrides in order, unknown keys, wrong types, save/load round trip."""
+import os
+
 import pytest
 
 from framework import config as config_lib
@@ -43,3 +45,20 @@ def test_save_and_load_round_trip(tmp_path):
     back = config_lib.load(str(tmp_path / "params.yaml"))
     assert config_lib.to_dict(back) == config_lib.to_dict(cfg)
     assert back.hooks[0].kwargs == {"patience": 3}
+
+
+def test_save_keeps_a_different_previous_config(tmp_path):
+    def cfg(lr):
+        return config_lib.resolve({"task": {"model": {"name": "m"}, "train_data": {"name": "d"}},
+                                   "optimizer": {"learning_rate": lr}})
+
+    path = str(tmp_path / "params.yaml")
+    config_lib.save(cfg(0.1), path)
+    config_lib.save(cfg(0.1), path)  # the same config again: nothing to keep
+    assert sorted(os.listdir(tmp_path)) == ["params.yaml"]
+    config_lib.save(cfg(0.2), path)
+    config_lib.save(cfg(0.3), path)
+    assert sorted(os.listdir(tmp_path)) == ["params.1.yaml", "params.2.yaml", "params.yaml"]
+    lrs = [config_lib.load(str(tmp_path / n)).optimizer.learning_rate
+           for n in ("params.1.yaml", "params.2.yaml", "params.yaml")]
+    assert lrs == [0.1, 0.2, 0.3]

@@ -88,6 +88,7 @@ def test_b7_partial_batches_on_two_replicas_give_no_nan(tmp_path):
 def test_b8_checkpoint_of_a_different_model_lists_mismatches_and_loads_nothing(tmp_path, stopped_at_8):
     d = U.copy_run(stopped_at_8, tmp_path / "run")
     before = {f: open(os.path.join(d, f), "rb").read() for f in U.ckpt_files(d)}
+    trained_with = open(os.path.join(d, "params.yaml"), encoding="utf-8").read()
     r = U.cli(*U.BASE, f"--model_dir={d}", "--params_override=task.model.width=16", timeout=180)
     assert r.returncode == 2, r.out[-3000:]
     err = [line for line in r.stderr.splitlines() if line.startswith("tapeline: error:")][0]
@@ -96,6 +97,8 @@ def test_b8_checkpoint_of_a_different_model_lists_mismatches_and_loads_nothing(t
         assert s in err, s
     assert "train | step" not in r.out and U.restored(r.out) is None
     assert {f: open(os.path.join(d, f), "rb").read() for f in U.ckpt_files(d)} == before
+    # The config the checkpoints were trained with stays on record next to the refused one.
+    assert open(os.path.join(d, "params.1.yaml"), encoding="utf-8").read() == trained_with
 
 
 @pytest.mark.slow  # a variant of the test above
