@@ -1,4 +1,4 @@
-"""Copies the latest result tables into benchmarks/README.md (numbers come only from runs).
+"""Copies the latest result tables into benchmarks/README.md and README.md (numbers come only from runs).
 
     python -m benchmarks.readme     # after the benchmark scripts have written benchmarks/results/
 
@@ -33,13 +33,13 @@ def splice(readme: str, results_dir: str) -> tuple[str, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    path = os.path.join(HERE, "README.md")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    out, found = splice(text, os.path.join(HERE, "results"))
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(out)
-    print(f"benchmarks/README.md: refreshed {', '.join(found) or 'nothing'}")
+    for path in (os.path.join(HERE, "README.md"), os.path.join(os.path.dirname(HERE), "README.md")):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        out, found = splice(text, os.path.join(HERE, "results"))
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(out)
+        print(f"{os.path.relpath(path, os.path.dirname(HERE))}: refreshed {', '.join(found) or 'nothing'}")
     return 0
 
 
