@@ -83,3 +83,11 @@ def test_overhead_profile_writes_a_trace(tmp_path):
     assert overhead.main(["--quick", "--models=mlp", "--profile_steps=3", f"--out_dir={tmp_path}"]) == 0
     traces = list((tmp_path / "profile" / "mlp").rglob("*.xplane.pb"))
     assert traces and traces[0].stat().st_size > 0
+
+
+def test_ablation_quick(tmp_path):
+    _run("benchmarks.ablation", str(tmp_path))
+    data = _files(str(tmp_path), "ablation_quick")
+    assert set(data["steps_per_sec"]) == {"default", "group_1", "group_16", "group_32", "no_grad_stats",
+                                          "no_metrics", "fixed_batch"}
+    assert all(v > 0 for v in data["steps_per_sec"].values())

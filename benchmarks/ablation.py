@@ -1,0 +1,118 @@
+"""Where tapeline's MLP step spends the time the raw limit does not: ablations of its step.
+
+    python -m benchmarks.ablation            # 7 interleaved repetitions of 100 steps
+    python -m benchmarks.ablation --quick    # tiny MLP, 1 repetition (CI)
+
+Each variant is tapeline's trainer on the overhead benchmark's MLP (XLA on, as `auto` picks),
+with one thing removed or changed, to attribute the gap to the raw limit of `overhead.py`:
+  default        as shipped (8 steps per XLA call)
+  group_1/16/32  steps per XLA call (trainer._XLA_GROUP_STEPS)
+  no_grad_stats  no gradient-norm statistics: this also drops the non-finite gradient check,
+                 which reuses the global norm (so not a valid configuration, only a measurement)
+  no_metrics     no training metric (accuracy)
+  fixed_batch    the same batch every step instead of the tf.data pipeline (an iterator over a
+                 cached, repeated single batch)
+Timed per compiled inner-loop call plus the step read, as in `overhead.py`. Writes
+benchmarks/results/ablation.{json,md}. Only for measurement: it patches framework internals.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Callable
+
+import tensorflow as tf
+
+from benchmarks import common
+from framework import step as step_lib
+from framework import trainer as trainer_lib
+
+VARIANTS = ("default", "group_1", "group_16", "group_32", "no_grad_stats", "no_metrics", "fixed_batch")
+
+
+def _no_stats(grads: Any, *, groups: Any, clip: Any) -> tuple[list, dict]:
+    return list(grads), {"grad_norm": tf.constant(0.0)}
+
+
+def _variant(name: str, quick: bool) -> Callable[[int], None]:
+    real_clip, real_group = step_lib.clipping.clip_gradients, trainer_lib._XLA_GROUP_STEPS  # noqa: SLF001
+    try:
+        if name.startswith("group_"):
+            trainer_lib._XLA_GROUP_STEPS = int(name.split("_")[1])  # noqa: SLF001
+        if name == "no_grad_stats":
+            step_lib.clipping.clip_gradients = _no_stats
+        cfg = common.tapeline_config("mlp", quick=quick, jit=True)
+        if name == "no_metrics":
+            cfg.task.metrics = []
+        t = trainer_lib.build(cfg, tf.distribute.get_strategy())
+        if name == "fixed_batch":
+            one = next(iter(t.train_dataset(start_step=0)))
+            ds = tf.data.Dataset.from_tensors(one).cache().repeat()
+            it = iter(ds)
+        else:
+            it = iter(t.train_dataset(start_step=0))
+        active = list(range(len(t.groups.variables)))
+
+        def run(k: int) -> None:
+            t.steps.reset_train_metrics()
+            t.steps.train_loop(it, k, active)
+            t.global_step.numpy()
+
+        run(2)  # trace + compile while the patches are in force
+        return run
+    finally:
+        step_lib.clipping.clip_gradients = real_clip
+        trainer_lib._XLA_GROUP_STEPS = real_group  # noqa: SLF001
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny MLP, 1 repetition (CI)")
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--out_dir", default=common.RESULTS)
+    a = p.parse_args(argv)
+    common.quiet()
+    reps, steps = (1, 5) if a.quick else (a.reps, a.steps)
+    runs = {v: _variant(v, a.quick) for v in VARIANTS}
+    for fn in runs.values():
+        fn(steps)  # warm-up
+    samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for _ in range(reps):
+        for v, fn in runs.items():  # interleaved
+            samples[v].append(steps / common.timed(lambda fn=fn: fn(steps)))
+    sps = {v: common.median(s) for v, s in samples.items()}
+    lines = ["| variant | steps/s | x default |", "|---|---|---|"]
+    lines += [f"| {v} | {sps[v]:.1f} | {sps[v] / sps['default']:.2f} |" for v in VARIANTS]
+    model = "tiny MLP (quick)" if a.quick else "MLP 784-512-512-10"
+    lines.append(f"\n{model}, batch {common.SIZES['mlp'][2]}, XLA on; medians of {reps} interleaved "
+                 f"repetitions of {steps} steps. no_grad_stats also drops the non-finite check (measurement only).")
+    table = "\n".join(lines)
+    data = {"machine": common.machine(), "quick": a.quick, "steps_per_sec": sps, "samples": samples}
+    name = "ablation_quick" if a.quick else "ablation"
+    paths = common.write(name, data, table, out_dir=a.out_dir)
+    _chart(sps, os.path.join(a.out_dir, f"{name}.png"))
+    print(table)
+    print(f"wrote {paths['json']} and {paths['md']}")
+    return 0
+
+
+def _chart(sps: dict[str, float], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    ax.barh(list(VARIANTS), [sps[v] for v in VARIANTS], color=["#d62728"] + ["#aaa"] * (len(VARIANTS) - 1))
+    ax.set_xlabel("steps/s")
+    ax.set_title("tapeline MLP step: ablations")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
