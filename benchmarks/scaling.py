@@ -190,17 +190,7 @@ def _run_setup(setup: str, a: argparse.Namespace, tmp: str) -> dict[str, Any]:
                 break
             time.sleep(0.2)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        for f in logs:
-            f.close()
+        launch.stop_processes(procs, logs)
     if any(p.returncode != 0 for p in procs) or not os.path.exists(paths[0]):
         with open(os.path.join(tmp, f"workers_{n}_0.log"), encoding="utf-8") as f:
             tail = "\n".join(f.read().strip().splitlines()[-25:])

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 
 def free_ports(n: int) -> list[int]:
@@ -86,18 +86,23 @@ def launch(*, workers: int, main_args: Sequence[str], timeout_s: float = 600.0,
                 break
             time.sleep(0.2)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        for f in logs:
-            f.close()
+        stop_processes(procs, logs)
     return code
+
+
+def stop_processes(procs: Sequence[subprocess.Popen], files: Sequence[Any] = ()) -> None:
+    """Terminates the processes still running (killed after 10 s), then closes `files`."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    for f in files:
+        f.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -302,14 +302,20 @@ class Steps:
             strategy.run(self._replica_train, args=(batches, active, step))
             self.global_step.assign_add(tf.where(self.halt, tf.constant(0, tf.int64), tf.constant(1, tf.int64)))
 
-        if not self._whole_step_xla():
+        group = self.xla_group_steps
+        if not self._whole_step_xla() or group == 1:
+            # Under XLA with one step per call there is no XLA loop (an XLA loop around a conv
+            # layer ran ~50x slower on CPU: DESIGN.md trap 5): each step is one XLA call.
+            run_step = tf.function(one_step, jit_compile=True, autograph=False) if self._whole_step_xla() \
+                else one_step
+
             @tf.function
             def loop(iterator, num_steps):
                 self.traces["train"] += 1
                 self.halt.assign(False)
                 i = tf.constant(0, tf.int64)
                 while tf.logical_and(i < num_steps, tf.logical_not(self.halt)):
-                    one_step([next(iterator) for _ in range(n_micro)])
+                    run_step([next(iterator) for _ in range(n_micro)])
                     i += 1
                 return i
 
@@ -321,24 +327,6 @@ class Steps:
         # unused slots repeat the last batch and are never read. A step after a halt inside the
         # group changes no state (`live` in _cross_replica_apply); only the metrics of this
         # abandoned loop may still move.
-        group = self.xla_group_steps
-        if group == 1:
-            # One step per XLA call, no XLA loop (an XLA loop around a conv layer ran ~50x
-            # slower on CPU: DESIGN.md trap 5).
-            xla_step = tf.function(one_step, jit_compile=True, autograph=False)
-
-            @tf.function
-            def loop(iterator, num_steps):
-                self.traces["train"] += 1
-                self.halt.assign(False)
-                i = tf.constant(0, tf.int64)
-                while tf.logical_and(i < num_steps, tf.logical_not(self.halt)):
-                    xla_step([next(iterator) for _ in range(n_micro)])
-                    i += 1
-                return i
-
-            return loop
-
         @tf.function(jit_compile=True, autograph=False)
         def xla_steps(stacked, count):
             def body(j):
