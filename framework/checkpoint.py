@@ -75,7 +75,7 @@ class Checkpointer:
             return self.manager.save(checkpoint_number=step, options=options)
         except (tf.errors.OpError, OSError) as e:
             raise CheckpointError(
-                f"cannot write checkpoint ckpt-{step} in {self.directory} ({_first_line(e)}); the latest "
+                f"cannot write checkpoint ckpt-{step} in {self.directory} ({first_line(e)}); the latest "
                 f"complete checkpoint is still {previous or 'none'}") from None
 
     def restore_or_init(self) -> str | None:
@@ -107,7 +107,7 @@ class Checkpointer:
                 self.checkpoint.restore(path).assert_existing_objects_matched()
             except Exception as e:  # noqa: BLE001 - any unreadable file: try the previous one
                 # (a truncated data file raises IndexError, a garbage index an OpError, ...)
-                errors.append(f"{path}: {type(e).__name__}: {_first_line(e)}")
+                errors.append(f"{path}: {type(e).__name__}: {first_line(e)}")
                 logging.error("cannot restore %s (%s); trying the previous checkpoint", path, errors[-1])
                 continue
             if self._set_hook_state is not None:
@@ -155,8 +155,8 @@ class Checkpointer:
         return head + "; ".join(problems[:12]) + ("; ..." if len(problems) > 12 else "")
 
 
-def _first_line(e: BaseException) -> str:
-    """The first line of an error, without TensorFlow's `{{function_node ...}}` prefix."""
+def first_line(e: BaseException | str) -> str:
+    """The first line of an error (or its text), without TensorFlow's `{{function_node ...}}` prefix."""
     text = re.sub(r"^\{\{[^}]*\}\}\s*", "", str(e).strip())
     return (text.splitlines()[0] if text else type(e).__name__)[:400]
 

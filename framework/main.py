@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -182,7 +181,7 @@ def _run_built(cfg: Any, strategy: Any, *, model_dir: str, mode: str, hparams: d
         text = str(e) if isinstance(e, tf.errors.OpError) else f"{e.strerror or e}: {e.filename!r}"
         if os.path.abspath(model_dir) not in text and model_dir not in text:
             raise
-        reason = re.sub(r"^\{\{[^}]*\}\}\s*", "", text.strip().splitlines()[0])[:400]
+        reason = ckpt_lib.first_line(text)
         raise UserError(f"cannot write to --model_dir {model_dir!r} ({reason}); the latest complete checkpoint "
                         f"is still {ctl.checkpointer.latest or 'none'}") from None
     return {"step": step, "eval": ctl.last_eval, "history": ctl.eval_history}
