@@ -12,6 +12,8 @@ with one thing removed or changed, to attribute the gap to the raw limit of `ove
   no_metrics     no training metric (accuracy)
   fixed_batch    the same batch every step instead of the tf.data pipeline (an iterator over a
                  cached, repeated single batch)
+  element_pipeline  the per-example tf.data pipeline (shuffle, batch) that sources too large to
+                 hold in memory get, instead of the in-memory batching by index
 Timed per compiled inner-loop call plus the step read, as in `overhead.py`. Writes
 benchmarks/results/ablation.{json,md}. Only for measurement: it patches framework internals.
 """
@@ -27,8 +29,10 @@ import tensorflow as tf
 from benchmarks import common
 from framework import step as step_lib
 from framework import trainer as trainer_lib
+from framework.data import pipeline
 
-VARIANTS = ("default", "group_1", "group_16", "group_32", "no_grad_stats", "no_metrics", "fixed_batch")
+VARIANTS = ("default", "group_1", "group_16", "group_32", "no_grad_stats", "no_metrics", "fixed_batch",
+            "element_pipeline")
 
 
 def _no_stats(grads: Any, *, groups: Any, clip: Any) -> tuple[list, dict]:
@@ -37,7 +41,10 @@ def _no_stats(grads: Any, *, groups: Any, clip: Any) -> tuple[list, dict]:
 
 def _variant(name: str, quick: bool) -> Callable[[int], None]:
     real_clip, real_group = step_lib.clipping.clip_gradients, trainer_lib._XLA_GROUP_STEPS  # noqa: SLF001
+    real_bytes = pipeline.IN_MEMORY_BYTES
     try:
+        if name == "element_pipeline":
+            pipeline.IN_MEMORY_BYTES = 0
         if name.startswith("group_"):
             trainer_lib._XLA_GROUP_STEPS = int(name.split("_")[1])  # noqa: SLF001
         if name == "no_grad_stats":
@@ -64,6 +71,7 @@ def _variant(name: str, quick: bool) -> Callable[[int], None]:
     finally:
         step_lib.clipping.clip_gradients = real_clip
         trainer_lib._XLA_GROUP_STEPS = real_group  # noqa: SLF001
+        pipeline.IN_MEMORY_BYTES = real_bytes
 
 
 def main(argv: list[str] | None = None) -> int:

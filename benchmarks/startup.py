@@ -119,6 +119,26 @@ def _growth(framework: str, kind: str, quick: bool, marks: list[int]) -> dict[st
 # ----------------------------------------------------------------------------- parent
 
 
+def _break_even(first: list[dict[str, Any]], growth: list[dict[str, Any]]) -> list[str]:
+    """When tapeline's later first step is repaid by its steady-state speed (growth runs' steps/s)."""
+    out = []
+    for m in sorted({r["model"] for r in growth}):
+        def pick(rows, fw):
+            return next((r for r in rows if r["model"] == m and r["framework"] == fw), None)
+        tp, fi, gt, gf = pick(first, "tapeline"), pick(first, "fit"), pick(growth, "tapeline"), pick(growth, "fit")
+        if not (tp and fi and gt and gf):
+            continue
+        later = tp["to_first_step_s"] - fi["to_first_step_s"]
+        saved = 1.0 / gf["steps_per_sec"] - 1.0 / gt["steps_per_sec"]  # seconds per step
+        if later <= 0:
+            out.append(f"\n{m}: tapeline reaches its first step {-later:.2f} s sooner than Keras fit.")
+        elif saved > 0:
+            out.append(f"\n{m}: tapeline's first step comes {later:.2f} s later; at the steady-state speeds above "
+                       f"({gt['steps_per_sec']:.1f} vs {gf['steps_per_sec']:.1f} steps/s) it is ahead of Keras fit "
+                       f"after {later / saved:,.0f} steps.")
+    return out
+
+
 def table(first: list[dict[str, Any]], growth: list[dict[str, Any]]) -> str:
     lines = ["| model | framework | build s | first step s (trace + compile) | to first step s | next step s "
              "| peak RSS MiB | import s |", "|---" * 8 + "|"]
@@ -142,6 +162,7 @@ def table(first: list[dict[str, Any]], growth: list[dict[str, Any]]) -> str:
             a, b = r["rss_at_mb"][str(marks[0])], r["rss_at_mb"][str(marks[-1])]
             lines.append(f"| {r['model']} | {r['framework']} | {a:.1f} | {b:.1f} | {r['growth_mb']:+.1f} "
                          f"| {r['growth_per_1k_steps_mb']:+.2f} | {r['steps_per_sec']:.1f} |")
+        lines += _break_even(first, growth)
     return "\n".join(lines)
 
 

@@ -2,7 +2,10 @@
 
 Training reads a continuous stream of examples: epoch `e` is the source shuffled with a seed
 derived from (`seed`, `e`), epochs follow each other, and global batch `b` is examples
-`[b*G, (b+1)*G)` of that stream. A resumed run therefore rebuilds the stream at the position
+`[b*G, (b+1)*G)` of that stream. A cached source that fits in memory (and has no augmentation)
+is held as whole arrays and each epoch is a full permutation of their row indices, batched as
+index vectors and gathered: no per-example work in tf.data, which on a 2-core CPU competes with
+the step itself (measured in benchmarks/ablation.py). A resumed run therefore rebuilds the stream at the position
 of its first unconsumed batch and sees exactly the batches an uninterrupted run would (a
 tf.distribute iterator cannot be checkpointed: DESIGN.md trap 10).
 
@@ -23,6 +26,8 @@ import tensorflow as tf
 
 # Sources of unknown cardinality are counted once up to this many elements.
 _COUNT_LIMIT = 10_000_000
+# Cached sources up to this size are held as arrays and batched by index (`_indexed_stream`).
+IN_MEMORY_BYTES = 512 * 2**20
 
 
 _no_autograph = tf.autograph.experimental.do_not_convert
@@ -88,6 +93,10 @@ def train_stream(source: tf.data.Dataset, *, global_batch: int, seed: int, shuff
     """
     _check_static(source, name)
     n = count(source, name=name) if num_examples is None else num_examples
+    if cache and augment is None and 0 < n and _nbytes(source, n) <= IN_MEMORY_BYTES \
+            and tf.executing_eagerly():
+        return _indexed_stream(source, n=n, global_batch=global_batch, seed=seed,
+                               shuffle=shuffle_buffer > 1, start_batch=start_batch)
     if cache:
         source = source.cache()
     if n > 0:
@@ -115,6 +124,38 @@ def train_stream(source: tf.data.Dataset, *, global_batch: int, seed: int, shuff
             source = source.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         ds = source.repeat().batch(global_batch, drop_remainder=True).skip(start_batch)
     return ds
+
+
+def _nbytes(source: tf.data.Dataset, n: int) -> int:
+    return n * sum(int(np.prod(s.shape)) * s.dtype.size for s in tf.nest.flatten(source.element_spec))
+
+
+def _indexed_stream(source: tf.data.Dataset, *, n: int, global_batch: int, seed: int, shuffle: bool,
+                    start_batch: int) -> tf.data.Dataset:
+    """`train_stream` for a cached in-memory source: the same stream contract, batched by index.
+
+    Epoch e is the permutation of the n rows drawn with the stateless seed (`seed`, e) (the
+    whole source, whatever the shuffle buffer: it only bounds the memory of streamed sources).
+    """
+    arrays = tuple(tf.nest.flatten(next(iter(source.batch(n)))))  # one read of the source
+    structure = source.element_spec
+    first_epoch, offset = divmod(start_batch * global_batch, n)
+
+    @_no_autograph
+    def order(e: tf.Tensor) -> tf.Tensor:
+        ids = tf.range(n, dtype=tf.int64)
+        if shuffle:
+            ids = tf.random.experimental.stateless_shuffle(ids, seed=tf.stack([tf.constant(seed, tf.int64), e]))
+        # The resume position: the first epoch starts at its first unconsumed example.
+        return ids[tf.where(tf.equal(e, first_epoch), tf.constant(offset, tf.int64), 0):]
+
+    @_no_autograph
+    def gather(ids: tf.Tensor) -> Any:
+        return tf.nest.pack_sequence_as(structure, [tf.gather(a, ids) for a in arrays])
+
+    ids = tf.data.Dataset.range(first_epoch, tf.int64.max).map(order)
+    return ids.rebatch(global_batch, drop_remainder=True).map(
+        gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def eval_batches(source: tf.data.Dataset, *, global_batch: int, cache: bool,

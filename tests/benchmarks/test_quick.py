@@ -89,5 +89,5 @@ def test_ablation_quick(tmp_path):
     _run("benchmarks.ablation", str(tmp_path))
     data = _files(str(tmp_path), "ablation_quick")
     assert set(data["steps_per_sec"]) == {"default", "group_1", "group_16", "group_32", "no_grad_stats",
-                                          "no_metrics", "fixed_batch"}
+                                          "no_metrics", "fixed_batch", "element_pipeline"}
     assert all(v > 0 for v in data["steps_per_sec"].values())

@@ -27,7 +27,15 @@ def _mirrored():
     return tf.distribute.MirroredStrategy([d.name for d in cpus[:2]])
 
 
-def test_resume_position_is_exact_across_epoch_boundaries():
+@pytest.fixture(params=["indexed", "element"])
+def batching(request, monkeypatch):
+    """Both train-stream paths: in-memory batching by index, and per-example tf.data batching."""
+    if request.param == "element":
+        monkeypatch.setattr(pipeline, "IN_MEMORY_BYTES", 0)
+    return request.param
+
+
+def test_resume_position_is_exact_across_epoch_boundaries(batching):
     # 10 examples, batches of 4: batch 2 spans epochs 0 and 1, batch 7 spans epochs 2 and 3.
     full = _batches(_stream(), 10)
     for start in (1, 2, 3, 5, 7):
@@ -37,7 +45,7 @@ def test_resume_position_is_exact_across_epoch_boundaries():
     assert _batches(_stream(shuffle_buffer=3, cache=False, start_batch=4), 4) == part[4:]
 
 
-def test_each_epoch_is_a_permutation_and_epochs_differ():
+def test_each_epoch_is_a_permutation_and_epochs_differ(batching):
     flat = sum(_batches(_stream(global_batch=5, seed=1), 6), [])
     epochs = [flat[i:i + 10] for i in range(0, 30, 10)]
     assert all(sorted(e) == list(range(10)) for e in epochs)
@@ -47,6 +55,36 @@ def test_each_epoch_is_a_permutation_and_epochs_differ():
     assert other != epochs[0]  # the seed matters
     unshuffled = sum(_batches(_stream(global_batch=5, shuffle_buffer=0), 4), [])
     assert unshuffled == list(range(10)) * 2
+
+
+def test_in_memory_sources_are_batched_by_index(monkeypatch):
+    calls = []
+    real = pipeline._indexed_stream  # noqa: SLF001
+
+    def spy(*a, **kw):
+        calls.append(kw["n"])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(pipeline, "_indexed_stream", spy)
+    ds = _stream(n=10, global_batch=4)
+    assert calls == [10]
+    assert ds.element_spec[0].shape == (4, 1) and ds.element_spec[1].shape == (4,)  # static: one trace
+    # Batches carry whole examples: x, y and w of a row stay together.
+    x, y, w = next(iter(ds))
+    assert x.numpy().ravel().tolist() == y.numpy().astype(float).tolist() and w.numpy().tolist() == [1.0] * 4
+    # The whole epoch is permuted even with a buffer smaller than the source.
+    flat = sum(_batches(_stream(n=10, global_batch=5, shuffle_buffer=2), 2), [])
+    assert sorted(flat) == list(range(10)) and flat != list(range(10))
+    # Not held in memory: uncached, augmented, or larger than IN_MEMORY_BYTES (10 x (4 + 4 + 4) bytes).
+    _stream(cache=False)
+    pipeline.train_stream(_source(4), global_batch=2, seed=0, shuffle_buffer=0, cache=True,
+                          augment=lambda elem, seed: elem)
+    monkeypatch.setattr(pipeline, "IN_MEMORY_BYTES", 119)
+    _stream(n=10)
+    assert calls == [10, 10]
+    monkeypatch.setattr(pipeline, "IN_MEMORY_BYTES", 120)
+    _stream(n=10)
+    assert calls == [10, 10, 10]
 
 
 def test_augment_seed_depends_on_epoch_and_position():
