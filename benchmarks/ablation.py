@@ -7,6 +7,8 @@ Each variant is tapeline's trainer on the overhead benchmark's MLP (XLA on, as `
 with one thing removed or changed, to attribute the gap to the raw limit of `overhead.py`:
   default        as shipped (8 steps per XLA call)
   group_1/16/32  steps per XLA call (trainer._XLA_GROUP_STEPS)
+  cond_update    the optimizer update inside a conditional (tf.cond on "step is finite"), as
+                 before the gated writes of Steps.gated_update (a select in every write)
   no_grad_stats  no gradient-norm statistics: this also drops the non-finite gradient check,
                  which reuses the global norm (so not a valid configuration, only a measurement)
   no_metrics     no training metric (accuracy)
@@ -14,6 +16,13 @@ with one thing removed or changed, to attribute the gap to the raw limit of `ove
                  cached, repeated single batch)
   element_pipeline  the per-example tf.data pipeline (shuffle, batch) that sources too large to
                  hold in memory get, instead of the in-memory batching by index
+  step_in_raw_loop  tapeline's step (the same trainer, statistics, metrics, guarded update) in the
+                 raw limit's loop: one XLA while loop over all the steps on one fixed batch
+  raw_limit      (a) of overhead.py: the plain Keras step in that loop
+  grad_norm_alone  not a step: only the global gradient norm (a sum of squares over tensors of
+                 the MLP's gradient shapes) in that loop; 1000 / its steps/s is the norm's ms
+The last two split the gap to the raw limit into the step's own work (step_in_raw_loop vs
+raw_limit) and the inner loop with its input (default vs step_in_raw_loop).
 Timed per compiled inner-loop call plus the step read, as in `overhead.py`. Writes
 benchmarks/results/ablation.{json,md}. Only for measurement: it patches framework internals.
 """
@@ -27,19 +36,62 @@ from typing import Any, Callable
 import tensorflow as tf
 
 from benchmarks import common
+from benchmarks import overhead
 from framework import step as step_lib
+from framework.config import ClipConfig
 from framework import trainer as trainer_lib
 from framework.data import pipeline
 
-VARIANTS = ("default", "group_1", "group_16", "group_32", "no_grad_stats", "no_metrics", "fixed_batch",
-            "element_pipeline")
+VARIANTS = ("default", "group_1", "group_16", "group_32", "cond_update", "no_grad_stats", "no_metrics",
+            "fixed_batch", "element_pipeline", "step_in_raw_loop", "raw_limit", "grad_norm_alone")
 
 
 def _no_stats(grads: Any, *, groups: Any, clip: Any) -> tuple[list, dict]:
     return list(grads), {"grad_norm": tf.constant(0.0)}
 
 
+def _step_in_raw_loop(t: Any, it: Any, active: tuple[int, ...]) -> Callable[[int], None]:
+    steps, batch = t.steps, next(it)
+
+    @tf.function(jit_compile=True, autograph=False)
+    def loop(n: tf.Tensor) -> None:
+        def body(j: tf.Tensor) -> tuple[tf.Tensor]:
+            steps.strategy.run(steps._replica_train, args=([batch], active, t.global_step.read_value()))  # noqa: SLF001
+            t.global_step.assign_add(1)
+            return (j + 1,)
+        tf.while_loop(lambda j: j < n, body, (tf.constant(0),))
+
+    def run(k: int) -> None:
+        steps.reset_train_metrics()
+        loop(tf.constant(k))
+        t.global_step.numpy()
+
+    return run
+
+
+def _grad_norm_alone(quick: bool) -> Callable[[int], None]:
+    model = common.make_model("mlp", quick=quick)
+    grads = [tf.random.normal(v.shape) for v in model.trainable_variables]
+
+    @tf.function(jit_compile=True, autograph=False)
+    def loop(n: tf.Tensor) -> tf.Tensor:
+        def body(j: tf.Tensor, total: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            # Scaled by the counter so XLA cannot hoist the reduction out of the loop.
+            scaled = [g * (1.0 + tf.cast(j, tf.float32) * 1e-9) for g in grads]
+            _, stats = step_lib.clipping.clip_gradients(scaled, groups=[0] * len(scaled),
+                                                        clip=ClipConfig())
+            return j + 1, total + stats["grad_norm"]
+        return tf.while_loop(lambda j, _: j < n, body, (tf.constant(0), tf.constant(0.0)))[1]
+
+    loop(tf.constant(2))
+    return lambda k: loop(tf.constant(k)).numpy()
+
+
 def _variant(name: str, quick: bool) -> Callable[[int], None]:
+    if name == "grad_norm_alone":
+        return _grad_norm_alone(quick)
+    if name == "raw_limit":
+        return overhead._raw_loop("mlp", quick, True)  # noqa: SLF001
     real_clip, real_group = step_lib.clipping.clip_gradients, trainer_lib._XLA_GROUP_STEPS  # noqa: SLF001
     real_bytes = pipeline.IN_MEMORY_BYTES
     try:
@@ -53,6 +105,8 @@ def _variant(name: str, quick: bool) -> Callable[[int], None]:
         if name == "no_metrics":
             cfg.task.metrics = []
         t = trainer_lib.build(cfg, tf.distribute.get_strategy())
+        if name == "cond_update":
+            t.steps.gated_update = False  # read when the step is traced (below)
         if name == "fixed_batch":
             one = next(iter(t.train_dataset(start_step=0)))
             ds = tf.data.Dataset.from_tensors(one).cache().repeat()
@@ -60,6 +114,10 @@ def _variant(name: str, quick: bool) -> Callable[[int], None]:
         else:
             it = iter(t.train_dataset(start_step=0))
         active = list(range(len(t.groups.variables)))
+        if name == "step_in_raw_loop":
+            in_raw = _step_in_raw_loop(t, it, tuple(active))
+            in_raw(2)  # trace + compile
+            return in_raw
 
         def run(k: int) -> None:
             t.steps.reset_train_metrics()
@@ -91,11 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         for v, fn in runs.items():  # interleaved
             samples[v].append(steps / common.timed(lambda fn=fn: fn(steps)))
     sps = {v: common.median(s) for v, s in samples.items()}
-    lines = ["| variant | steps/s | x default |", "|---|---|---|"]
-    lines += [f"| {v} | {sps[v]:.1f} | {sps[v] / sps['default']:.2f} |" for v in VARIANTS]
+    lines = ["| variant | steps/s | x default | ms per step |", "|---|---|---|---|"]
+    lines += [f"| {v} | {sps[v]:.1f} | {sps[v] / sps['default']:.2f} | {1000 / sps[v]:.2f} |" for v in VARIANTS]
     model = "tiny MLP (quick)" if a.quick else "MLP 784-512-512-10"
     lines.append(f"\n{model}, batch {common.SIZES['mlp'][2]}, XLA on; medians of {reps} interleaved "
-                 f"repetitions of {steps} steps. no_grad_stats also drops the non-finite check (measurement only).")
+                 f"repetitions of {steps} steps. no_grad_stats also drops the non-finite check (measurement only); "
+                 f"grad_norm_alone is not a step: its ms per step is the gradient norm's own cost.")
     table = "\n".join(lines)
     data = {"machine": common.machine(), "quick": a.quick, "steps_per_sec": sps, "samples": samples}
     name = "ablation_quick" if a.quick else "ablation"
@@ -113,7 +172,8 @@ def _chart(sps: dict[str, float], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 3.2))
-    ax.barh(list(VARIANTS), [sps[v] for v in VARIANTS], color=["#d62728"] + ["#aaa"] * (len(VARIANTS) - 1))
+    steps = [v for v in VARIANTS if v != "grad_norm_alone"]  # not a step: off the scale
+    ax.barh(steps, [sps[v] for v in steps], color=["#d62728"] + ["#aaa"] * (len(steps) - 1))
     ax.set_xlabel("steps/s")
     ax.set_title("tapeline MLP step: ablations")
     ax.invert_yaxis()

@@ -123,12 +123,26 @@ def tapeline_config(kind: str, *, quick: bool, steps_per_loop: int = 100, jit: A
 
 
 def fit_dataset(kind: str, batch: int | None = None, *, shard: bool = False) -> tf.data.Dataset:
-    """The Keras `fit` input: the same cached, shuffled synthetic examples as tapeline's."""
+    """The Keras `fit` input: the same synthetic examples as tapeline's, batched as Keras does.
+
+    It is the pipeline Keras's own ArrayDataAdapter builds for in-memory arrays (what `fit(x, y)`
+    uses): each epoch the row indices are shuffled and cut into batches, and each batch is one
+    gather. So `fit` gets the same batch-by-index input as tapeline's in-memory sources, not a
+    slower per-example `shuffle().batch()`; the comparison is of the training loops.
+    """
     _, _, default_batch = SIZES[kind]
     batch = batch or default_batch
-    x, y = synthetic(kind, 8 * batch)
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).cache().shuffle(8 * batch, seed=0).repeat() \
-        .batch(batch, drop_remainder=True)
+    x, y = (tf.constant(a) for a in synthetic(kind, 8 * batch))
+    n = int(x.shape[0])
+
+    @tf.autograph.experimental.do_not_convert
+    def epoch(e: tf.Tensor) -> tf.data.Dataset:
+        ids = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=tf.stack([e, e]))
+        return tf.data.Dataset.from_tensor_slices(tf.reshape(ids[:n // batch * batch], [-1, batch]))
+
+    ds = tf.data.Dataset.range(tf.int64.max).flat_map(epoch).map(
+        tf.autograph.experimental.do_not_convert(lambda i: (tf.gather(x, i), tf.gather(y, i))),
+        num_parallel_calls=tf.data.AUTOTUNE)
     if shard:  # multi-worker: each worker takes its share of every global batch
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

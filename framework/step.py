@@ -14,6 +14,7 @@ No logging, file I/O or NumPy here: the controller reads results once per inner 
 from __future__ import annotations
 
 import collections
+import contextlib
 from typing import Any, Callable, Mapping, Sequence
 
 import keras
@@ -36,6 +37,53 @@ def _match_labels(y: tf.Tensor, pred: tf.Tensor) -> tf.Tensor:
 def _all_finite(tensors: Sequence[tf.Tensor | None]) -> tf.Tensor:
     checks = [tf.reduce_all(tf.math.is_finite(t)) for t in tensors if t is not None]
     return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
+
+
+def _put(var: Any, value: Any, gate: tf.Tensor | None) -> None:
+    """var := value, or only where `gate` is True (a select instead of a conditional)."""
+    var.assign(value if gate is None else tf.where(gate, tf.cast(value, var.dtype), var))
+
+
+def _writes_through_assign(optimizer: keras.optimizers.Optimizer) -> bool:
+    """True for optimizers whose `update_step` writes state only via `self.assign`,
+    `self.assign_add` and `self.assign_sub` (Keras's documented convention, kept by all of
+    Keras's optimizers but Muon and by the framework's own). Others, such as a user's
+    optimizer that calls `variable.assign` itself, keep the conditional update."""
+    module = type(optimizer).__module__
+    return (module.startswith("keras.") and ".muon" not in module) or module == "framework.optim.optimizers"
+
+
+@contextlib.contextmanager
+def _gated_writes(optimizer: keras.optimizers.Optimizer, gate: tf.Tensor):
+    """While tracing: the optimizer's writes change each variable only where `gate` is True."""
+    def native(v: Any) -> Any:
+        return v.value if isinstance(v, keras.Variable) else v
+
+    def assign(variable: Any, value: Any) -> None:
+        v = native(variable)
+        if isinstance(value, tf.IndexedSlices):
+            kept = tf.gather(v, value.indices)
+            v.scatter_update(tf.IndexedSlices(tf.where(gate, tf.cast(value.values, v.dtype), kept),
+                                              value.indices, value.dense_shape))
+        else:
+            _put(v, value, gate)
+
+    def add(variable: Any, value: Any, sign: float = 1.0) -> None:
+        v = native(variable)
+        if isinstance(value, tf.IndexedSlices):
+            vals = tf.cast(value.values, v.dtype) * sign
+            v.scatter_add(tf.IndexedSlices(tf.where(gate, vals, tf.zeros_like(vals)), value.indices,
+                                           value.dense_shape))
+        else:
+            value = tf.cast(value, v.dtype)
+            _put(v, v + value if sign > 0 else v - value, gate)
+
+    optimizer.assign, optimizer.assign_add = assign, add
+    optimizer.assign_sub = lambda variable, value: add(variable, value, -1.0)
+    try:
+        yield
+    finally:  # the class's methods again
+        del optimizer.assign, optimizer.assign_add, optimizer.assign_sub
 
 
 class Steps:
@@ -81,6 +129,8 @@ class Steps:
         # With XLA over the whole step on one device: steps per XLA call (amortizes the launch;
         # only for models whose XLA while loop is fast, see trainer.build).
         self.xla_group_steps = max(1, int(xla_group_steps)) if self._whole_step_xla() else 1
+        # Under whole-step XLA a skipped step is a select in every write, not a conditional.
+        self.gated_update = self._whole_step_xla() and _writes_through_assign(optimizer)
         # Test hook (never set from config): make the loss of this global step non-finite.
         self.inject_nonfinite_at = inject_nonfinite_at
         self.traces: collections.Counter = collections.Counter()
@@ -206,7 +256,7 @@ class Steps:
         lrs = base_lr * self.lr_multipliers
         opt = self.optimizer
 
-        def update() -> tf.Tensor:
+        def update(gate: tf.Tensor | None = None) -> tf.Tensor:
             for j, i in enumerate(active):
                 g = grads[j]
                 if g is None:
@@ -219,26 +269,36 @@ class Steps:
 
                 def fn(v, g, lr=lr, wd=wd, constraint=constraint):
                     if wd:
-                        v.assign_sub(v * tf.cast(wd * lr, v.dtype))  # decoupled (AdamW-style)
+                        _put(v, v - v * tf.cast(wd * lr, v.dtype), gate)  # decoupled (AdamW-style)
                     opt.update_step(g, v, tf.cast(lr, v.dtype))
                     if constraint is not None:
-                        v.assign(constraint(v))
+                        _put(v, constraint(v), gate)
 
                 strategy.extended.update(tv, fn, args=(g,), group=False)
-            opt.iterations.assign_add(1)
+            iterations = opt.iterations.value if isinstance(opt.iterations, keras.Variable) else opt.iterations
+            _put(iterations, iterations + 1, gate)
             if self.ema is not None:
                 d = tf.constant(self.ema_decay, tf.float32)
                 for e, i in zip(self.ema, range(len(self.variables))):
                     src = self.variables[i]
                     src = src.value if isinstance(src, keras.Variable) else src
-                    strategy.extended.update(e, lambda ev, sv: ev.assign(d * ev + (1.0 - d) * sv),
+                    strategy.extended.update(e, lambda ev, sv: _put(ev, d * ev + (1.0 - d) * sv, gate),
                                              args=(src,), group=False)
             return tf.constant(True)
 
         # `live` is False only for the remaining steps of an XLA group after a halt (see
         # `_make_train_loop`): they change no state. Elsewhere a step never starts halted.
         live = tf.logical_not(self.halt)
-        tf.cond(tf.logical_and(ok, live), update, lambda: tf.constant(False))
+        apply = tf.logical_and(ok, live)
+        if self.gated_update:
+            # Under whole-step XLA a conditional around the update cost ~9% of the MLP step
+            # (the updated weights and slots leave the conditional as copies); a select fused
+            # into each elementwise write costs nothing and changes the same nothing when
+            # `apply` is False. See `_writes_through_assign` for which optimizers qualify.
+            with _gated_writes(opt, apply):
+                update(apply)
+        else:
+            tf.cond(apply, update, lambda: tf.constant(False))
         if self.loss_scaling:
             # Dynamic loss scaling: halve on overflow, double after a run of finite steps.
             grow = tf.logical_and(ok, self.good_steps + 1 >= _GROWTH_INTERVAL)

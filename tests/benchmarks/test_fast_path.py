@@ -6,11 +6,14 @@ fetched batches, `Steps.xla_group_steps`). These tests pin what must not change:
 one call equal K single calls, a non-finite step in the middle of a group halts exactly as
 the one-step loop does, and the group is used only where it was measured to pay.
 """
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from framework import controller as controller_lib
+from framework import registry
+from framework.optim import optimizers  # noqa: F401  (registers the built-in optimizers)
 from framework import trainer as trainer_lib
 from tests import _components as C
 
@@ -18,6 +21,9 @@ from tests import _components as C
 def _cfg(key, **trainer):
     return C.make_config(task={"model": {"hidden": 16}, "train_data": {"key": key}, "eval_data": {"name": ""}},
                          trainer={"jit_compile": True, **trainer}, optimizer={"name": "adam", "learning_rate": 0.01})
+
+
+_BUILTIN_OPTIMIZERS = registry.OPTIMIZERS.names()
 
 
 def _active(t):
@@ -112,3 +118,51 @@ def test_conv_model_under_xla_runs_one_step_per_call_and_matches_single_calls():
     for va, vb in zip(a.model.variables + a.optimizer.variables, b.model.variables + b.optimizer.variables):
         np.testing.assert_array_equal(va.numpy(), vb.numpy())
     assert int(a.global_step.numpy()) == 3
+
+
+def _skipped_step_changes_nothing(t):
+    it = iter(t.train_dataset(start_step=0))
+    t.steps.train_loop(it, 2, _active(t))
+    state = t.model.variables + t.optimizer.variables + list(t.steps.ema or [])
+    before = [v.numpy().copy() for v in state]
+    t.steps.train_loop(it, 1, _active(t))  # step 2: non-finite, skipped
+    for v, b in zip(state, before):
+        np.testing.assert_array_equal(v.numpy(), b, err_msg=v.name)
+    assert int(t.steps.nonfinite_steps.numpy()) == 1 and int(t.global_step.numpy()) == 3
+    t.steps.train_loop(it, 1, _active(t))  # and training goes on, finite
+    assert any(not np.array_equal(v.numpy(), b) for v, b in zip(t.model.trainable_variables, before))
+    assert all(np.isfinite(v.numpy()).all() for v in state)
+
+
+@pytest.mark.parametrize("name", _BUILTIN_OPTIMIZERS)
+def test_a_skipped_step_under_xla_changes_no_variable(name):
+    # Under whole-step XLA the update is not a conditional but a select in every write (the
+    # optimizer's assign methods are gated while tracing): a skipped step must still leave the
+    # weights, every optimizer slot, its iteration count and the EMA exactly as they were.
+    x, y = C.toy_classification(n=64)
+    C.set_arrays("fp", x, y)
+    cfg = _cfg("fp", nonfinite="skip", ema_decay=0.9)
+    cfg.optimizer.name = name
+    t = trainer_lib.build(cfg, tf.distribute.get_strategy(), inject_nonfinite_at=2)
+    assert t.steps.gated_update
+    _skipped_step_changes_nothing(t)
+    assert int(t.optimizer.iterations.numpy()) == 3
+
+
+def test_an_optimizer_outside_keras_conventions_keeps_the_conditional_update():
+    x, y = C.toy_classification(n=64)
+    C.set_arrays("fp", x, y)
+
+    class OwnSgd(keras.optimizers.Optimizer):
+        def update_step(self, gradient, variable, learning_rate):
+            variable.assign_sub(tf.cast(learning_rate, variable.dtype) * gradient)  # not self.assign_sub
+
+    registry.register_optimizer("test_own_sgd")(lambda learning_rate: OwnSgd(learning_rate=learning_rate))
+    try:
+        cfg = _cfg("fp", nonfinite="skip")
+        cfg.optimizer.name = "test_own_sgd"
+        t = trainer_lib.build(cfg, tf.distribute.get_strategy(), inject_nonfinite_at=2)
+        assert t.steps.jit_compile and not t.steps.gated_update
+        _skipped_step_changes_nothing(t)
+    finally:
+        registry.OPTIMIZERS.unregister("test_own_sgd")
