@@ -8,6 +8,10 @@ Each measurement runs in a fresh process (nothing imported, traced or cached bef
                includes tracing and compiling the step; peak RSS after it. tapeline: its trainer
                with defaults, one compiled inner-loop call of 1 step; fit: `compile` then
                `fit(steps_per_epoch=1)`. Only the synthetic NumPy arrays exist beforehand.
+               Where tapeline's step is XLA-compiled, a third row ("tapeline warm-cache") times
+               it with XLA's persistent compilation cache (TF_XLA_FLAGS=
+               --tf_xla_persistent_cache_directory=DIR) filled by one earlier process: what a
+               resumed or repeated run of the same model pays.
   growth       a real run to N steps: tapeline through its Controller (summaries, log line,
                checkpoint at the end), Keras `fit` with defaults; RSS sampled along the way,
                compared at the first and last mark; steps/s between the marks (so the
@@ -24,12 +28,21 @@ import time
 from typing import Any
 
 _T0 = time.perf_counter()  # before TensorFlow is imported (the child's own start)
+WARM = "tapeline warm-cache"  # tapeline with a persistent XLA cache filled by an earlier process
 
 
 # ----------------------------------------------------------------------------- children
 
 
+def _xla_cache_entries() -> int | None:
+    """Files in the persistent XLA cache named by TF_XLA_FLAGS (None without one)."""
+    flag = "--tf_xla_persistent_cache_directory="
+    path = next((f[len(flag):] for f in os.environ.get("TF_XLA_FLAGS", "").split() if f.startswith(flag)), None)
+    return None if path is None else len(os.listdir(path)) if os.path.isdir(path) else 0
+
+
 def _first_step(framework: str, kind: str, quick: bool) -> dict[str, Any]:
+    cache_entries = _xla_cache_entries()  # before anything compiles
     import tensorflow as tf
 
     from benchmarks import common
@@ -64,7 +77,7 @@ def _first_step(framework: str, kind: str, quick: bool) -> dict[str, Any]:
         jit = bool(model.jit_compile)
     return {"framework": framework, "model": kind, "jit": jit, "import_s": t_import - _T0, "build_s": t1 - t0,
             "first_step_s": t2 - t1, "to_first_step_s": t2 - t0, "second_step_s": t3 - t2,
-            "peak_rss_mb": common.peak_rss_mb(), "rss_mb": common.rss_mb()}
+            "peak_rss_mb": common.peak_rss_mb(), "rss_mb": common.rss_mb(), "xla_cache_entries_at_start": cache_entries}
 
 
 def _growth(framework: str, kind: str, quick: bool, marks: list[int]) -> dict[str, Any]:
@@ -153,6 +166,11 @@ def table(first: list[dict[str, Any]], growth: list[dict[str, Any]]) -> str:
         if tp and fi:
             lines.append(f"\n{m}: tapeline's time to first step is {tp['to_first_step_s'] / fi['to_first_step_s']:.2f}x "
                          f"Keras fit's; peak RSS {tp['peak_rss_mb'] / fi['peak_rss_mb']:.2f}x.")
+        warm = next((r for r in first if r["model"] == m and r["framework"] == WARM), None)
+        if warm and fi:
+            lines.append(f"\n{m}: with a warm persistent XLA cache (a later run of the same model with "
+                         f"TF_XLA_FLAGS=--tf_xla_persistent_cache_directory=DIR) it is "
+                         f"{warm['to_first_step_s'] / fi['to_first_step_s']:.2f}x.")
     if growth:
         marks = growth[0]["marks"]
         lines += ["", f"| model | framework | RSS MiB at step {marks[0]} | RSS MiB at step {marks[-1]} "
@@ -226,14 +244,23 @@ def main(argv: list[str] | None = None) -> int:
     first, growth = [], []
     with tempfile.TemporaryDirectory(prefix="tapeline-startup-") as tmp:
         for kind in models:
-            samples: dict[str, list[dict[str, Any]]] = {"tapeline": [], "fit": []}
+            # A persistent XLA cache (TF reads the flag from the environment at start): a first
+            # process fills it, the timed ones load the compiled step from it.
+            cache_env = dict(os.environ, TF_XLA_FLAGS=f"--tf_xla_persistent_cache_directory={tmp}/xla-{kind}")
+            primed = common.run_child("benchmarks.startup", ["--child", f"first:tapeline:{kind}", *flags],
+                                      timeout_s=a.timeout_s, env=cache_env,
+                                      result_path=os.path.join(tmp, f"first-prime-{kind}.json"))
+            kinds = ("tapeline", "fit") + ((WARM,) if primed["jit"] else ())
+            samples: dict[str, list[dict[str, Any]]] = {fw: [] for fw in kinds}
             for rep in range(a.reps):
-                for fw in ("tapeline", "fit"):  # interleaved fresh processes
+                for fw in kinds:  # interleaved fresh processes
                     samples[fw].append(common.run_child(
-                        "benchmarks.startup", ["--child", f"first:{fw}:{kind}", *flags], timeout_s=a.timeout_s,
-                        result_path=os.path.join(tmp, f"first-{fw}-{kind}-{rep}.json")))
+                        "benchmarks.startup", ["--child", f"first:{fw.split()[0]}:{kind}", *flags],
+                        timeout_s=a.timeout_s, env=cache_env if fw == WARM else None,
+                        result_path=os.path.join(tmp, f"first-{fw.split()[0]}{'-warm' if fw == WARM else ''}"
+                                                      f"-{kind}-{rep}.json")))
             for fw, rs in samples.items():
-                med = dict(rs[0])
+                med = dict(rs[0], framework=fw)
                 for k in ("import_s", "build_s", "first_step_s", "to_first_step_s", "second_step_s",
                           "peak_rss_mb", "rss_mb"):
                     med[k] = common.median([r[k] for r in rs])
