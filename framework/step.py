@@ -39,6 +39,11 @@ def _all_finite(tensors: Sequence[tf.Tensor | None]) -> tf.Tensor:
     return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
 
 
+def _native(v: Any) -> Any:
+    """The TensorFlow variable behind a Keras variable (itself otherwise)."""
+    return v.value if isinstance(v, keras.Variable) else v
+
+
 def _put(var: Any, value: Any, gate: tf.Tensor | None) -> None:
     """var := value, or only where `gate` is True (a select instead of a conditional)."""
     var.assign(value if gate is None else tf.where(gate, tf.cast(value, var.dtype), var))
@@ -56,11 +61,8 @@ def _writes_through_assign(optimizer: keras.optimizers.Optimizer) -> bool:
 @contextlib.contextmanager
 def _gated_writes(optimizer: keras.optimizers.Optimizer, gate: tf.Tensor):
     """While tracing: the optimizer's writes change each variable only where `gate` is True."""
-    def native(v: Any) -> Any:
-        return v.value if isinstance(v, keras.Variable) else v
-
     def assign(variable: Any, value: Any) -> None:
-        v = native(variable)
+        v = _native(variable)
         if isinstance(value, tf.IndexedSlices):
             kept = tf.gather(v, value.indices)
             v.scatter_update(tf.IndexedSlices(tf.where(gate, tf.cast(value.values, v.dtype), kept),
@@ -69,7 +71,7 @@ def _gated_writes(optimizer: keras.optimizers.Optimizer, gate: tf.Tensor):
             _put(v, value, gate)
 
     def add(variable: Any, value: Any, sign: float = 1.0) -> None:
-        v = native(variable)
+        v = _native(variable)
         if isinstance(value, tf.IndexedSlices):
             vals = tf.cast(value.values, v.dtype) * sign
             v.scatter_add(tf.IndexedSlices(tf.where(gate, vals, tf.zeros_like(vals)), value.indices,
@@ -153,7 +155,7 @@ class Steps:
             if ema_decay is not None:
                 self.ema = []
                 for v in self.variables:
-                    tv = v.value if isinstance(v, keras.Variable) else v
+                    tv = _native(v)
                     with strategy.extended.colocate_vars_with(tv):
                         self.ema.append(tf.Variable(tv.read_value(), trainable=False,
                                                     name=f"ema/{v.path.replace('/', '_')}"))
@@ -262,7 +264,7 @@ class Steps:
                 if g is None:
                     continue
                 var = self.variables[i]
-                tv = var.value if isinstance(var, keras.Variable) else var
+                tv = _native(var)
                 lr = lrs[i]
                 wd = self.weight_decays[i]
                 constraint = getattr(var, "constraint", None)
@@ -275,13 +277,12 @@ class Steps:
                         _put(v, constraint(v), gate)
 
                 strategy.extended.update(tv, fn, args=(g,), group=False)
-            iterations = opt.iterations.value if isinstance(opt.iterations, keras.Variable) else opt.iterations
+            iterations = _native(opt.iterations)
             _put(iterations, iterations + 1, gate)
             if self.ema is not None:
                 d = tf.constant(self.ema_decay, tf.float32)
                 for e, i in zip(self.ema, range(len(self.variables))):
-                    src = self.variables[i]
-                    src = src.value if isinstance(src, keras.Variable) else src
+                    src = _native(self.variables[i])
                     strategy.extended.update(e, lambda ev, sv: _put(ev, d * ev + (1.0 - d) * sv, gate),
                                              args=(src,), group=False)
             return tf.constant(True)
@@ -446,7 +447,7 @@ class Steps:
         if self.ema is None:
             return
         for e, v in zip(self.ema, self.variables):
-            tv = v.value if isinstance(v, keras.Variable) else v
+            tv = _native(v)
             tmp = tv.read_value()
             tv.assign(e.read_value())
             e.assign(tmp)
