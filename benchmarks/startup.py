@@ -250,15 +250,16 @@ def main(argv: list[str] | None = None) -> int:
             primed = common.run_child("benchmarks.startup", ["--child", f"first:tapeline:{kind}", *flags],
                                       timeout_s=a.timeout_s, env=cache_env,
                                       result_path=os.path.join(tmp, f"first-prime-{kind}.json"))
-            kinds = ("tapeline", "fit") + ((WARM,) if primed["jit"] else ())
-            samples: dict[str, list[dict[str, Any]]] = {fw: [] for fw in kinds}
+            # row label -> (the child's framework, its environment; None: this process's)
+            runs = {"tapeline": ("tapeline", None), "fit": ("fit", None)}
+            if primed["jit"]:
+                runs[WARM] = ("tapeline", cache_env)
+            samples: dict[str, list[dict[str, Any]]] = {label: [] for label in runs}
             for rep in range(a.reps):
-                for fw in kinds:  # interleaved fresh processes
-                    samples[fw].append(common.run_child(
-                        "benchmarks.startup", ["--child", f"first:{fw.split()[0]}:{kind}", *flags],
-                        timeout_s=a.timeout_s, env=cache_env if fw == WARM else None,
-                        result_path=os.path.join(tmp, f"first-{fw.split()[0]}{'-warm' if fw == WARM else ''}"
-                                                      f"-{kind}-{rep}.json")))
+                for i, (label, (fw, env)) in enumerate(runs.items()):  # interleaved fresh processes
+                    samples[label].append(common.run_child(
+                        "benchmarks.startup", ["--child", f"first:{fw}:{kind}", *flags], timeout_s=a.timeout_s,
+                        env=env, result_path=os.path.join(tmp, f"first-{i}-{kind}-{rep}.json")))
             for fw, rs in samples.items():
                 med = dict(rs[0], framework=fw)
                 for k in ("import_s", "build_s", "first_step_s", "to_first_step_s", "second_step_s",
