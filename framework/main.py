@@ -49,16 +49,21 @@ def resolve_config(*, experiment: str | None, imports: Sequence[str], config_fil
                    overrides: Sequence[str], runtime_flags: dict[str, Any]) -> Any:
     """Imports modules, finds the experiment and resolves its config (no TensorFlow work)."""
     from framework import config as config_lib
-    from framework import registry
+    from framework import plugins, registry
 
+    try:
+        plugins.load_experiments()  # the built-in ones first: a user's duplicate name is the error
+    except registry.RegistryError as e:
+        raise UserError(f"{plugins.GROUP}: {e}") from None
     for name in imports:
         try:
             registry.import_module(name)
         except ModuleNotFoundError as e:
             raise UserError(f"--import: cannot import module {name!r} ({e}); got {name!r}") from None
+        except registry.RegistryError as e:  # registers a name that is already taken
+            raise UserError(f"--import={name}: {e}") from None
         except ValueError as e:  # a file path, not a module name
             raise UserError(str(e)) from None
-    registry.import_experiments()
     if not experiment:
         raise UserError(f"--experiment is required; registered: {', '.join(registry.EXPERIMENTS.names())}")
     if "/" in experiment or "\\" in experiment or experiment.endswith(".py"):

@@ -1,15 +1,15 @@
 """Name -> factory registries, one per component kind, and the `register_*` decorators.
 
 Experiment modules register their components here by explicit name. A duplicate name raises;
-a lookup miss lists what is registered. Modules in the `experiments` package are imported on
-first lookup so that their registrations exist; `import_module` adds a user's module by its
-importable name (never a file path).
+a lookup miss lists what is registered. This module imports nothing of the framework at load
+time; the framework's own components (losses, metrics, optimizers, ...) are imported on the
+first lookup. Experiment modules are loaded by the entry point (`framework.plugins`), and
+`import_module` adds a user's module by its importable name (never a file path).
 """
 from __future__ import annotations
 
 import importlib
 import inspect
-import pkgutil
 import re
 from typing import Any, Callable, Iterator, Mapping
 
@@ -61,8 +61,6 @@ class Registry:
         """
         import_builtin_components()
         if name not in self._entries:
-            import_experiments()
-        if name not in self._entries:
             raise RegistryError(
                 f"unknown {self.kind} {name!r}; registered {self.kind}s: "
                 f"{', '.join(sorted(self._entries)) or '(none)'}"
@@ -70,14 +68,12 @@ class Registry:
         return self._entries[name]
 
     def names(self) -> list[str]:
-        """Returns the registered names, sorted (after importing the experiments)."""
+        """Returns the registered names, sorted."""
         import_builtin_components()
-        import_experiments()
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
         import_builtin_components()
-        import_experiments()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
@@ -118,7 +114,6 @@ _BUILTIN_MODULES = (
     "framework.hooks",
 )
 _builtins_imported = False
-_experiments_imported = False
 
 
 def import_builtin_components() -> None:
@@ -137,23 +132,6 @@ def import_builtin_components() -> None:
                 raise
 
 
-def import_experiments() -> None:
-    """Imports every module of the `experiments` package (once)."""
-    global _experiments_imported
-    if _experiments_imported:
-        return
-    _experiments_imported = True
-    try:
-        package = importlib.import_module("experiments")
-    except ModuleNotFoundError as e:
-        if e.name == "experiments":
-            return
-        raise
-    for info in pkgutil.iter_modules(package.__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"experiments.{info.name}")
-
-
 def import_module(name: str) -> Any:
     """Imports a user's experiment module by importable module name.
 
@@ -166,12 +144,6 @@ def import_module(name: str) -> Any:
             f"never a file path; got {name!r}"
         )
     return importlib.import_module(name)
-
-
-def check_module_name(name: str, *, flag: str) -> None:
-    """Raises ValueError unless `name` is a dotted Python identifier (no path)."""
-    if not isinstance(name, str) or not _MODULE_NAME.match(name):
-        raise ValueError(f"{flag} takes a registered name or a module name, never a file path; got {name!r}")
 
 
 def accepted_kwargs(factory: Callable[..., Any]) -> tuple[set[str], bool]:

@@ -122,9 +122,9 @@ def train_fit(run_dir: str) -> tuple[float, float]:
     import yaml
 
     from framework import checkpoint as ckpt_lib
-    from framework import registry
+    from framework import plugins, registry
 
-    registry.import_experiments()
+    plugins.load_experiments()
     with open(os.path.join(run_dir, "params.yaml"), encoding="utf-8") as f:
         cfg = yaml.safe_load(f)
     model_name, model_kwargs = _section_kwargs(cfg["task"]["model"])
@@ -154,9 +154,9 @@ def train_fit(run_dir: str) -> tuple[float, float]:
 
 
 def count_params(model_name: str) -> int:
-    from framework import registry
+    from framework import plugins, registry
 
-    registry.import_experiments()
+    plugins.load_experiments()
     return int(registry.MODELS.get(model_name)().count_params())
 
 

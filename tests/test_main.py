@@ -86,3 +86,13 @@ def test_cli_bad_override_exits_2_before_building(tmp_path):
     r = _cli("--experiment=digits_cnn", f"--model_dir={tmp_path}", "--params_override=trainer.nope=1", timeout=120)
     assert r.returncode == 2 and "trainer.nope" in r.stderr
     assert not os.path.exists(tmp_path / "params.yaml")
+
+
+def test_cli_import_of_a_taken_name_exits_2_naming_both_places(tmp_path):
+    r = _cli("--experiment=digits_cnn", f"--model_dir={tmp_path}", "--import=tests._dup_experiment", timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert "--import=tests._dup_experiment" in last and "'digits_cnn' is already registered" in last
+    assert "experiments.digits_cnn.digits_cnn" in last and "tests._dup_experiment.digits_cnn" in last
+    assert "Traceback" not in r.stderr
+    assert not os.path.exists(tmp_path / "params.yaml")

@@ -1,7 +1,7 @@
 """Registry: one per kind, duplicates raise, misses list names, kwargs checked against signatures."""
 import pytest
 
-from framework import registry
+from framework import plugins, registry
 
 
 def test_duplicate_name_raises_and_miss_lists_registered():
@@ -31,7 +31,7 @@ def test_build_checks_kwargs_and_passes_extra_only_if_accepted():
 
 def test_every_kind_has_a_registry_with_builtins():
     registry.import_builtin_components()
-    registry.import_experiments()
+    plugins.load_experiments()
     assert "digits_cnn" in registry.EXPERIMENTS and "digits_cnn" in registry.MODELS
     assert {"digits", "arrays", "image_folder", "tfrecord", "csv", "numpy"} <= set(registry.DATASETS.names())
     assert {"sparse_categorical_crossentropy", "mse"} <= set(registry.LOSSES.names())
@@ -46,3 +46,16 @@ def test_import_module_refuses_paths():
         with pytest.raises(ValueError, match="never a file path"):
             registry.import_module(bad)
     assert registry.import_module("tests._mw_experiment").__name__ == "tests._mw_experiment"
+
+
+def test_registry_loads_no_experiments_by_itself():
+    """The ground floor imports nothing above it: experiments come from framework.plugins."""
+    import subprocess
+    import sys
+    code = ("import sys; from framework import registry; registry.MODELS.names(); "
+            "assert 'digits_cnn' not in registry.EXPERIMENTS.names(); "
+            "assert not any(m == 'experiments' or m.startswith('experiments.') for m in sys.modules); "
+            "from framework import plugins; plugins.load_experiments(); "
+            "assert 'digits_cnn' in registry.EXPERIMENTS.names()")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -17,13 +17,13 @@ import tensorflow as tf
 from framework import checkpoint as ckpt_lib
 from framework import controller as controller_lib
 from framework import main as main_lib
-from framework import registry
+from framework import plugins, registry
 from framework import trainer as trainer_lib
 from framework.data import bundled, pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-registry.import_experiments()
+plugins.load_experiments()
 NAMES = sorted(n for n in registry.EXPERIMENTS.names() if not n.startswith(("test", "mw_")))
 IMAGE_EXPERIMENTS = {"image_folder": "digit_images", "image_folder_tfrecord": "digit_tfrecords"}
 
