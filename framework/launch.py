@@ -9,7 +9,6 @@ launcher never hangs and exits non-zero.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -17,6 +16,8 @@ import subprocess
 import sys
 import time
 from typing import Any, Sequence
+
+from absl import flags
 
 
 def free_ports(n: int) -> list[int]:
@@ -105,17 +106,36 @@ def stop_processes(procs: Sequence[subprocess.Popen], files: Sequence[Any] = ())
         f.close()
 
 
+def _flag_values() -> flags.FlagValues:
+    """The launcher's own flags, in their own FlagValues (framework.main's FLAGS stay untouched)."""
+    fv = flags.FlagValues()
+    flags.DEFINE_integer("workers", 2, "Worker processes on 127.0.0.1.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_float("timeout_s", 600.0, "Bound on the whole run; every worker is killed on expiry.",
+                       lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_string("log_dir", None, "Directory for worker-<i>.log (default: inherit stdout/stderr).",
+                        flag_values=fv)
+    return fv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m framework.launch", description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--timeout_s", type=float, default=600.0)
-    parser.add_argument("--log_dir", default=None)
-    parser.add_argument("main_args", nargs=argparse.REMAINDER, help="-- then flags for framework.main")
-    args = parser.parse_args(argv)
-    rest = args.main_args[1:] if args.main_args[:1] == ["--"] else args.main_args
+    """`python -m framework.launch [--workers=N] [--timeout_s=S] [--log_dir=D] -- <framework.main flags>`.
+
+    Returns the exit status: 0 when every worker succeeded, 2 for a usage error, else the first
+    failure's code.
+    """
+    argv = list(sys.argv if argv is None else ["framework.launch", *argv])
+    own, rest = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    fv = _flag_values()
+    try:
+        extra = fv(own)[1:]
+    except flags.Error as e:
+        print(f"launch: error: {e}", file=sys.stderr)
+        return 2
+    rest = extra + rest
     if any(a.startswith("--strategy") for a in rest):
-        parser.error(f"--strategy is set by the launcher (multi_worker); got {rest!r}")
-    return launch(workers=args.workers, main_args=rest, timeout_s=args.timeout_s, log_dir=args.log_dir)
+        print(f"launch: error: --strategy is set by the launcher (multi_worker); got {rest!r}", file=sys.stderr)
+        return 2
+    return launch(workers=fv.workers, main_args=rest, timeout_s=fv.timeout_s, log_dir=fv.log_dir)
 
 
 if __name__ == "__main__":

@@ -67,3 +67,12 @@ def test_lonely_worker_times_out_naming_peers(tmp_path):
     assert r.returncode != 0
     assert f"127.0.0.1:{port_peer}" in r.stderr and "worker_timeout_s" in r.stderr
     assert time.monotonic() - t0 < 90  # bounded, never a silent hang (trap 8)
+
+
+def test_launcher_flags_are_absl_and_bad_ones_exit_2(capsys):
+    assert launch.main(["--workers=0", "--", *ARGS]) == 2
+    assert "--workers=0" in capsys.readouterr().err
+    assert launch.main(["--workerz=2", "--", *ARGS]) == 2
+    assert "workerz" in capsys.readouterr().err
+    assert launch.main(["--workers=1", "--", *ARGS, "--strategy=mirrored"]) == 2
+    assert "--strategy is set by the launcher" in capsys.readouterr().err
