@@ -15,8 +15,10 @@ import types
 import typing
 from typing import Any, Mapping, Optional, Union
 
-from absl import logging
 import yaml
+from absl import logging
+
+from framework import atomic
 
 
 class ConfigError(ValueError):
@@ -387,8 +389,7 @@ def parse_override(text: str) -> dict[str, Any]:
     text = text.strip()
     if not text:
         return {}
-    looks_dotted = "=" in text and not text.startswith("{") and not (
-        ":" in text.split("=", 1)[0])
+    looks_dotted = "=" in text and not text.startswith("{") and ":" not in text.split("=", 1)[0]
     if not looks_dotted:
         try:
             data = yaml.safe_load(text)
@@ -565,12 +566,7 @@ def save(cfg: ExperimentConfig, path: str) -> None:
             os.replace(path, f"{stem}.{n}{ext}")
             logging.info("%s differs from this run's config: the previous one is kept as %s", path,
                          f"{stem}.{n}{ext}")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic.write_text(path, text, fsync=True)
 
 
 def load(path: str) -> ExperimentConfig:

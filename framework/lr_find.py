@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from framework import atomic
 from framework import summaries as summ
 
 
@@ -62,12 +63,10 @@ def run(trainer: Any, *, model_dir: str, min_lr: float = 1e-7, max_lr: float = 1
         if smooth > diverge * best and i > 10:
             break
     path_csv = os.path.join(model_dir, "lr_find.csv")
-    tmp = path_csv + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic.replacing(path_csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["step", "learning_rate", "loss", "smoothed_loss"])
         w.writerows(rows)
-    os.replace(tmp, path_csv)
     lrs = np.array([r[1] for r in rows])
     sm = np.array([r[3] for r in rows])
     suggestion = suggest(lrs, sm)
@@ -93,7 +92,6 @@ def _plot(lrs: np.ndarray, losses: np.ndarray, suggestion: float | None, path: s
         ax.axvline(suggestion, color="red", linestyle="--", label=f"suggested {suggestion:.2e}")
         ax.legend()
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp)
+    with atomic.replacing(path, suffix=".png") as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)

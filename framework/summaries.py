@@ -5,7 +5,6 @@ host once per loop.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -13,6 +12,8 @@ from typing import Any, Mapping
 
 import tensorflow as tf
 from absl import logging
+
+from framework import atomic
 
 
 def format_duration(seconds: float) -> str:
@@ -99,11 +100,7 @@ class Summaries:
 
 def write_json(path: str, data: Mapping[str, Any]) -> None:
     """Writes JSON atomically (a reader never sees a half-written file)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic.write_json(path, data)
 
 
 _live = {"pending": False}

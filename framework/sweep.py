@@ -18,6 +18,8 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
+from framework import atomic
+
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 _SAFE = re.compile(r"[^A-Za-z0-9_.=,+-]")
 
@@ -95,15 +97,15 @@ def run(*, text: str, model_dir: str, run_one: Callable[[str, str], dict[str, An
 
 def write_report(rows: Sequence[dict[str, Any]], keys: Sequence[str], model_dir: str) -> None:
     cols = ["run", *keys, "step"] + sorted({k for r in rows for k in r if k.startswith("eval_")})
-    with open(os.path.join(model_dir, "sweep.csv"), "w", newline="", encoding="utf-8") as f:
+    with atomic.replacing(os.path.join(model_dir, "sweep.csv")) as tmp, \
+            open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join(_cell(r.get(c)) for c in cols) + " |")
-    with open(os.path.join(model_dir, "sweep.md"), "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    atomic.write_text(os.path.join(model_dir, "sweep.md"), "\n".join(lines) + "\n")
     _plot(rows, os.path.join(model_dir, "sweep.png"))
 
 
@@ -131,5 +133,6 @@ def _plot(rows: Sequence[dict[str, Any]], path: str) -> None:
         ax.set_xlabel("step")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic.replacing(path, suffix=".png") as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
