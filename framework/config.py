@@ -140,6 +140,12 @@ class OptimizerConfig(Component):
         default_factory=lambda: [r"bias$", r"(batch_?norm|layer_?norm|normalization)[^/]*/", r"(gamma|beta)$"])
 
 
+# The distribution strategies by name: the one list the flag, the config check and
+# `distribute.make_strategy` use.
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
 @dataclasses.dataclass
 class RuntimeConfig:
     """`runtime`: where and in what precision it runs."""
@@ -454,6 +460,36 @@ def _positive(value: Any, key: str, *, allow_zero: bool = False, allow_none: boo
         raise ConfigError(f"{key}: expected a finite number {want}; got {value!r}")
 
 
+def validate_runtime(r: RuntimeConfig) -> None:
+    """The checks of `runtime` that need neither TensorFlow nor the machine (the one home of
+    these rules; `distribute.check_runtime` adds those that look at the environment).
+
+    Raises:
+      ConfigError: naming the key, what was expected and the value received.
+    """
+    if r.precision not in PRECISIONS:
+        raise ConfigError(f"runtime.precision: expected {' | '.join(PRECISIONS)}; got {r.precision!r}")
+    if r.strategy not in STRATEGIES:
+        raise ConfigError(f"runtime.strategy (--strategy): expected one of {' | '.join(STRATEGIES)}; "
+                          f"got {r.strategy!r}")
+    for key in ("cpu_replicas", "num_gpus"):
+        v = getattr(r, key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ConfigError(f"runtime.{key} (--{key}): expected an integer >= 0; got {v!r}")
+    if r.cpu_replicas > 0 and r.num_gpus > 0:
+        raise ConfigError(f"runtime.cpu_replicas and runtime.num_gpus: set at most one of them; got "
+                          f"cpu_replicas={r.cpu_replicas}, num_gpus={r.num_gpus}")
+    for key in ("tpu_timeout_s", "worker_timeout_s"):
+        v = getattr(r, key)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+            raise ConfigError(f"runtime.{key}: expected a number of seconds > 0; got {v!r}")
+    if r.strategy == "multi_worker" and r.cpu_replicas > 1:
+        raise ConfigError(
+            "runtime.cpu_replicas > 1 with runtime.strategy=multi_worker is not supported (each "
+            "worker process runs one CPU replica; start more workers instead); got "
+            f"cpu_replicas={r.cpu_replicas}")
+
+
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     """Checks ranges and choices that need no TensorFlow; returns `cfg`.
 
@@ -499,14 +535,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
             raise ConfigError(f"optimizer.param_groups[{i}].pattern: expected a regular expression; got {g.pattern!r}")
         _positive(g.lr_multiplier, f"optimizer.param_groups[{i}].lr_multiplier", allow_zero=True)
         _positive(g.weight_decay, f"optimizer.param_groups[{i}].weight_decay", allow_zero=True, allow_none=True)
-    if r.precision not in ("float32", "mixed_float16", "mixed_bfloat16"):
-        raise ConfigError(f"runtime.precision: expected float32 | mixed_float16 | mixed_bfloat16; got {r.precision!r}")
-    if r.strategy not in ("default", "one_device", "mirrored", "multi_worker", "tpu"):
-        raise ConfigError(
-            f"runtime.strategy (--strategy): expected default | one_device | mirrored | multi_worker | tpu; "
-            f"got {r.strategy!r}")
-    if r.cpu_replicas < 0 or r.num_gpus < 0:
-        raise ConfigError(f"runtime.cpu_replicas / num_gpus: expected >= 0; got {r.cpu_replicas!r} / {r.num_gpus!r}")
+    validate_runtime(r)
     cw = t.class_weight
     if isinstance(cw, str) and cw != "balanced":
         raise ConfigError(f"task.class_weight: expected null, 'balanced' or {{class: weight}}; got {cw!r}")

@@ -29,9 +29,10 @@ from urllib.parse import urlparse
 
 import tensorflow as tf
 
+from framework import config as config_lib
 from framework.config import RuntimeConfig
 
-STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+STRATEGIES = config_lib.STRATEGIES
 # Environment variables that say "this is a TPU VM / a TPU was assigned to this process".
 _TPU_ENV = ("TPU_NAME", "TPU_ACCELERATOR_TYPE", "TPU_WORKER_ID")
 
@@ -127,6 +128,18 @@ def _parse_tf_config() -> dict[str, Any]:
     return cfg
 
 
+def is_chief(runtime: RuntimeConfig) -> bool:
+    """Whether this process writes the run's outputs: always, except a multi-worker process
+    that is neither the `chief` task nor, in a cluster without one, worker 0."""
+    if runtime.strategy != "multi_worker":
+        return True
+    cfg = _parse_tf_config()
+    task = cfg["task"]
+    if task["type"] == "chief":
+        return True
+    return not cfg["cluster"].get("chief") and task["index"] == 0
+
+
 def _host_port(address: str) -> Optional[tuple[str, int]]:
     """(host, port) of 'host:port' or 'grpc://host:port'; None if there is no port."""
     u = urlparse(address if "://" in address else f"grpc://{address}")
@@ -156,26 +169,8 @@ def check_runtime(runtime: RuntimeConfig) -> None:
     Raises:
       ValueError: naming the key, what was expected and the value received.
     """
-    if runtime.strategy not in STRATEGIES:
-        raise ValueError(f"runtime.strategy (--strategy): expected one of {' | '.join(STRATEGIES)}; "
-                         f"got {runtime.strategy!r}")
-    for key in ("cpu_replicas", "num_gpus"):
-        v = getattr(runtime, key)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ValueError(f"runtime.{key} (--{key}): expected an integer >= 0; got {v!r}")
-    if runtime.cpu_replicas > 0 and runtime.num_gpus > 0:
-        raise ValueError(f"runtime.cpu_replicas and runtime.num_gpus: set at most one of them; got "
-                         f"cpu_replicas={runtime.cpu_replicas}, num_gpus={runtime.num_gpus}")
-    for key in ("tpu_timeout_s", "worker_timeout_s"):
-        v = getattr(runtime, key)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
-            raise ValueError(f"runtime.{key}: expected a number of seconds > 0; got {v!r}")
+    config_lib.validate_runtime(runtime)
     if runtime.strategy == "multi_worker":
-        if runtime.cpu_replicas > 1:
-            raise ValueError(
-                "runtime.cpu_replicas > 1 with runtime.strategy=multi_worker is not supported (each "
-                "worker process runs one CPU replica; start more workers instead); got "
-                f"cpu_replicas={runtime.cpu_replicas}")
         _parse_tf_config()
     if runtime.strategy == "tpu" and not runtime.tpu and not _tpu_env_present():
         raise ValueError(

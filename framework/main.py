@@ -17,6 +17,8 @@ from typing import Any, Sequence
 
 from absl import app, flags, logging
 
+from framework.config import STRATEGIES
+
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("experiment", None, "Registered experiment name.")
@@ -25,7 +27,7 @@ flags.DEFINE_enum("mode", "train_and_eval", ["train_and_eval", "train", "eval", 
 flags.DEFINE_multi_string("config_file", [], "YAML/JSON config file; repeatable, applied in order.")
 flags.DEFINE_multi_string("params_override", [],
                           "'a.b=1,c.d=x' pairs or a YAML/JSON mapping; applied last (repeatable).")
-flags.DEFINE_enum("strategy", None, ["default", "one_device", "mirrored", "multi_worker", "tpu"],
+flags.DEFINE_enum("strategy", None, list(STRATEGIES),
                   "Distribution strategy (overrides runtime.strategy).")
 flags.DEFINE_string("tpu", None, "TPU address or name (runtime.tpu).")
 flags.DEFINE_integer("num_gpus", None, "GPUs to use (runtime.num_gpus).", lower_bound=0)
@@ -108,7 +110,7 @@ def run(cfg: Any, *, model_dir: str, mode: str, hparams: dict | None = None) -> 
         raise UserError(str(e)) from None
     if cfg.runtime.cpu_replicas:
         dist.setup_logical_cpus(cfg.runtime.cpu_replicas)
-    chief = is_chief(cfg.runtime.strategy)
+    chief = dist.is_chief(cfg.runtime)
     if mode != "lr_find" and chief:
         config_lib.save(cfg, os.path.join(model_dir, "params.yaml"))
     try:
@@ -135,17 +137,6 @@ def run(cfg: Any, *, model_dir: str, mode: str, hparams: dict | None = None) -> 
         return _run_built(cfg, strategy, model_dir=scratch, mode=mode, hparams=hparams)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def is_chief(strategy_name: str) -> bool:
-    """Whether this process writes the run's outputs (always, except non-chief multi-workers)."""
-    if strategy_name != "multi_worker":
-        return True
-    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
-    task = tf_config.get("task", {})
-    has_chief = bool(tf_config.get("cluster", {}).get("chief"))
-    return task.get("type") == "chief" or (not has_chief and task.get("type") == "worker"
-                                            and int(task.get("index", 0)) == 0)
 
 
 def _run_built(cfg: Any, strategy: Any, *, model_dir: str, mode: str, hparams: dict | None) -> dict[str, Any]:

@@ -337,3 +337,19 @@ def test_multi_worker_missing_peer_fails_within_bound():
         assert f"unreachable peer(s): {peer}" in err, err[-3000:]
     assert elapsed < 45, elapsed  # both ran at once; each gives up ~5-10 s after TF starts
     print(f"missing-peer runs: {elapsed:.1f}s wall")
+
+
+def test_is_chief_reads_the_validated_tf_config(no_cluster_env):
+    assert distribute.is_chief(RuntimeConfig(strategy="mirrored"))
+    workers = ["127.0.0.1:1", "127.0.0.1:2"]
+    no_cluster_env.setenv("TF_CONFIG", _tf_config(workers, 0))
+    assert distribute.is_chief(RuntimeConfig(strategy="multi_worker"))
+    no_cluster_env.setenv("TF_CONFIG", _tf_config(workers, 1))
+    assert not distribute.is_chief(RuntimeConfig(strategy="multi_worker"))
+    with_chief = json.dumps({"cluster": {"chief": ["127.0.0.1:3"], "worker": workers},
+                             "task": {"type": "worker", "index": 0}})
+    no_cluster_env.setenv("TF_CONFIG", with_chief)
+    assert not distribute.is_chief(RuntimeConfig(strategy="multi_worker"))
+    no_cluster_env.setenv("TF_CONFIG", "not json")
+    with pytest.raises(ValueError, match="TF_CONFIG: expected JSON"):
+        distribute.is_chief(RuntimeConfig(strategy="multi_worker"))
