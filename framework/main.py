@@ -265,7 +265,10 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
 
 
 def entry() -> None:
-    """Console script `tapeline`."""
+    """Console script `tapeline` (and `python -m framework.main`)."""
+    from framework import xla_cache
+
+    xla_cache.configure()  # before TensorFlow starts: it reads TF_XLA_FLAGS only then
     app.run(main, flags_parser=_parse_flags)
 
 

@@ -1,8 +1,13 @@
 """Shared fixtures: two logical CPU devices (distribution without a GPU) and temp dirs."""
+import os
+import tempfile
+
 import tensorflow as tf
 
 
 def pytest_configure(config):
+    # CLI runs started by tests keep their persistent XLA cache out of the user's home.
+    os.environ.setdefault("TAPELINE_XLA_CACHE", tempfile.mkdtemp(prefix="tapeline-xla-tests-"))
     # Must run before TensorFlow initializes its devices (i.e. before any test module runs).
     cpus = tf.config.list_physical_devices("CPU")
     try:
