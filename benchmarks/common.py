@@ -23,11 +23,39 @@ SIZES = {
     # name: (input shape, classes, global batch)
     "mlp": ((784,), 10, 256),
     "cnn": ((28, 28, 1), 10, 128),
+    "transformer": ((64,), 4, 64),  # token ids, sequence length 64
 }
+VOCAB = {False: 2000, True: 100}  # transformer vocabulary: full, quick
+
+
+def _encoder_block(h: Any, *, dim: int, heads: int, name: str) -> Any:
+    """A post-norm Transformer encoder block (self-attention, then a 4x feed-forward layer)."""
+    a = keras.layers.MultiHeadAttention(heads, dim // heads, name=f"{name}_attention")(h, h)
+    h = keras.layers.LayerNormalization(name=f"{name}_attention_norm")(h + a)
+    f = keras.layers.Dense(4 * dim, activation="gelu", name=f"{name}_ffn_in")(h)
+    f = keras.layers.Dense(dim, name=f"{name}_ffn_out")(f)
+    return keras.layers.LayerNormalization(name=f"{name}_ffn_norm")(h + f)
+
+
+def _transformer(*, quick: bool) -> keras.Model:
+    """Token ids [B, 64] -> class logits: embeddings + learned positions, 2 encoder blocks, mean pool."""
+    (length,), classes, _ = SIZES["transformer"]
+    dim, heads, blocks = (16, 2, 1) if quick else (64, 4, 2)
+    ids = keras.Input((length,), dtype="int32", name="tokens")
+    h = keras.layers.Embedding(VOCAB[quick], dim, name="token_embedding")(ids)
+    pos = keras.layers.Embedding(length, dim, name="position_embedding")(keras.ops.arange(length))
+    h = h + pos
+    for i in range(blocks):
+        h = _encoder_block(h, dim=dim, heads=heads, name=f"transformer_layer_{i}")
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    return keras.Model(ids, keras.layers.Dense(classes, name="head")(h), name="transformer")
 
 
 def make_model(kind: str, *, quick: bool = False) -> keras.Model:
-    """MLP 784-512-512-10 or a small CNN for 28x28x1 (tiny versions in quick mode)."""
+    """MLP 784-512-512-10, a small CNN for 28x28x1 or a 2-block Transformer text classifier
+    (tiny versions in quick mode)."""
+    if kind == "transformer":
+        return _transformer(quick=quick)
     shape, classes, _ = SIZES[kind]
     inp = keras.Input(shape, name="x")
     if kind == "mlp":
@@ -47,8 +75,13 @@ def make_model(kind: str, *, quick: bool = False) -> keras.Model:
 
 
 def synthetic(kind: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`n` random examples and labels of the model `kind` (token ids for the Transformer, drawn
+    from the quick vocabulary so that both sizes take the same data)."""
     shape, classes, _ = SIZES[kind]
     rng = np.random.default_rng(seed)
+    if kind == "transformer":
+        return (rng.integers(1, VOCAB[True], size=(n, *shape)).astype(np.int32),
+                rng.integers(0, classes, size=n).astype(np.int32))
     return rng.normal(size=(n, *shape)).astype(np.float32), rng.integers(0, classes, size=n).astype(np.int32)
 
 

@@ -36,14 +36,19 @@ def _files(out_dir: str, name: str) -> dict:
 
 
 def test_overhead_quick(tmp_path):
-    _run("benchmarks.overhead", str(tmp_path), "--models=mlp,cnn")
+    _run("benchmarks.overhead", str(tmp_path), "--models=mlp,cnn,transformer", timeout=420)
     data = _files(str(tmp_path), "overhead_quick")
-    assert [r["model"] for r in data["results"]] == ["mlp", "cnn"]
+    assert [r["model"] for r in data["results"]] == ["mlp", "cnn", "transformer"]
     for r in data["results"]:
-        want = {"a_raw_best", "a_raw_xla", "a_raw", "b_tapeline", "c_tapeline", "d_fit", "e_fit_tuned", "f_eager"}
+        want = {"a_raw_best", "a_raw_xla", "a_raw", "a_raw_xla_step", "b_tapeline", "c_tapeline", "d_fit",
+                "e_fit_best", "e_fit_spe", "e_fit_jit", "e_fit_spe_jit", "f_eager"}
         assert want <= set(r["steps_per_sec"])
         assert want <= set(r["ratios"])
-        assert {"vs_raw", "vs_fit"} == set(r["ratios"]["b_tapeline"])
+        assert {"vs_raw", "vs_fit", "vs_fit_best"} == set(r["ratios"]["b_tapeline"])
+        # fit at its best is the fastest of the four fit settings in every repetition
+        fits = [r["samples"][k] for k in ("d_fit", "e_fit_spe", "e_fit_jit", "e_fit_spe_jit")]
+        assert r["samples"]["e_fit_best"] == [max(t) for t in zip(*fits)]
+        assert r["fit_best_variant"] in ("d_fit", "e_fit_spe", "e_fit_jit", "e_fit_spe_jit")
         assert all(v > 0 for v in r["steps_per_sec"].values())
         assert {"examples_per_sec", "b_jit"} <= set(r)
 
