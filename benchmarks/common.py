@@ -99,6 +99,19 @@ if "bench_model" not in registry.MODELS:
             _DATA[key] = synthetic(kind, n)
         return tf.data.Dataset.from_tensor_slices(_DATA[key])
 
+    def _bench_experiment(kind: str) -> Callable[[], dict[str, Any]]:
+        def experiment() -> dict[str, Any]:
+            _, _, batch = SIZES[kind]
+            return {"task": {"model": {"name": "bench_model", "kind": kind},
+                             "train_data": {"name": "bench_data", "kind": kind, "n": 8 * batch, "batch_size": batch},
+                             "loss": {"name": "sparse_categorical_crossentropy"}, "metrics": ["accuracy"]},
+                    "trainer": {"train_steps": 1000, "steps_per_loop": 100, "checkpoint_interval": 10 ** 9},
+                    "optimizer": {"name": "adam", "learning_rate": 1e-3}}
+        return experiment
+
+    for _kind in SIZES:  # `--import=benchmarks.common --experiment=bench_mlp` (end_to_end.py)
+        registry.register_experiment(f"bench_{_kind}")(_bench_experiment(_kind))
+
 
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or ""

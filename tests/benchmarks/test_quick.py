@@ -102,3 +102,13 @@ def test_ablation_quick(tmp_path):
                                           "no_metrics", "fixed_batch", "element_pipeline",
                                           "step_in_raw_loop", "raw_limit", "grad_norm_alone"}
     assert all(v > 0 for v in data["steps_per_sec"].values())
+
+
+def test_end_to_end_quick(tmp_path):
+    _run("benchmarks.end_to_end", str(tmp_path), "--models=mlp", timeout=420)
+    data = _files(str(tmp_path), "end_to_end_quick")
+    (r,) = data["results"]
+    assert r["model"] == "mlp" and r["steps"] == [10, 40]
+    assert set(r["steps_per_sec"]) == {"cli", "raw", "fit"} and all(v > 0 for v in r["steps_per_sec"].values())
+    assert set(r["ratios"]) == {"cli_vs_raw", "cli_vs_fit"}
+    assert len(r["samples"]["cli"]) == r["reps"] == 1
