@@ -1,12 +1,13 @@
 """Scaling over replicas: tapeline vs Keras `fit` under the same strategy, same global batch.
 
-    python -m benchmarks.scaling            # MLP and CNN; 1 device, Mirrored over 1/2/4, 2 workers
+    python -m benchmarks.scaling            # MLP, CNN, Transformer; 1 device, Mirrored 1/2/4, 2 and 4 workers
     python -m benchmarks.scaling --quick    # tiny MLP, Mirrored over 1/2, 2 workers, 1 repetition (CI)
 
 Every setup runs in its own fresh process (logical devices are fixed per process):
   default      1 device, no strategy (tapeline's jit_compile=auto may pick XLA here)
   mirrored:N   MirroredStrategy over N logical CPU devices (GPUs where present)
-  workers:2    MultiWorkerMirroredStrategy, 2 processes on 127.0.0.1 (TF_CONFIG from framework.launch)
+  workers:N    MultiWorkerMirroredStrategy, N processes on 127.0.0.1 (TF_CONFIG from framework.launch);
+               these also time one all-reduce of the model's gradients (seconds per parameter)
 In each process, interleaved, after a warm-up, median of --reps:
   tapeline     tapeline's trainer, defaults (steps_per_loop=100)
   fit          Keras fit, defaults (steps_per_execution=1)
@@ -14,7 +15,10 @@ In each process, interleaved, after a warm-up, median of --reps:
 Speed-up and efficiency are against the `default` process of the same variant. On logical CPU
 devices all replicas share the same cores: no speed-up is possible and the numbers measure the
 distribution overhead (splitting batches, per-replica dispatch, all-reduce), not scaling.
-Writes benchmarks/results/scaling.{json,md,png}.
+From the 1-device step time and the measured all-reduce cost per parameter, the table ends
+with an *estimate* of data-parallel efficiency on 8 devices (ring all-reduce, whose time grows
+as 2 (N - 1) / N of the data; no overlap of communication with the backward pass), stated with
+its inputs. Writes benchmarks/results/scaling.{json,md,png}.
 """
 from __future__ import annotations
 
@@ -104,6 +108,8 @@ def _child(a: argparse.Namespace) -> int:
         for _ in range(a.reps):
             for k, fn in variants.items():
                 samples[k].append(model_steps / common.timed(lambda fn=fn: fn(model_steps)))
+        if kind == "workers":
+            out.setdefault("allreduce", {})[model_kind] = _allreduce_cost(strategy, t.model, reps=a.reps)
         out["models"][model_kind] = {
             "batch": batch, "steps_per_call": model_steps, "jit": bool(t.steps.jit_compile),
             "jit_reason": t.jit_reason, "steps_per_sec": {k: common.median(v) for k, v in samples.items()},
@@ -111,6 +117,72 @@ def _child(a: argparse.Namespace) -> int:
     if a.result:
         common.write_json(a.result, out)
     return 0
+
+
+def _allreduce_cost(strategy: Any, model: Any, *, reps: int, calls: int = 10) -> dict[str, float]:
+    """Seconds of one cross-replica SUM of gradient-shaped tensors of `model` (median over reps)."""
+    import tensorflow as tf
+
+    from benchmarks import common
+
+    shapes = [v.shape for v in model.trainable_variables]
+    params = int(sum(int(tf.TensorShape(s).num_elements()) for s in shapes))
+
+    @tf.function
+    def reduce_all() -> Any:
+        def fn() -> Any:
+            grads = [tf.ones(s, tf.float32) for s in shapes]
+            return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        return strategy.run(fn)
+
+    reduce_all()  # trace and set up the collectives
+    per_call = []
+    for _ in range(max(reps, 3)):
+        per_call.append(common.timed(lambda: [reduce_all() for _ in range(calls)]) / calls)
+    s = common.median(per_call)
+    return {"params": params, "seconds": s, "seconds_per_param": s / params}
+
+
+def estimate(rows: list[dict[str, Any]], runs: list[dict[str, Any]], *, devices: int = 8) -> dict[str, Any]:
+    """Estimated efficiency on `devices` devices per model, from measured inputs (see the docstring).
+
+    Inputs per model: t_step, tapeline's 1-device step time; c, the all-reduce seconds per
+    parameter measured over the most worker processes; P, the parameter count. A ring all-reduce
+    moves 2 (N - 1) / N of the data per device, so its time on N devices is scaled from the
+    measured one by [2 (N - 1) / N] / [2 (n - 1) / n] (n: measured workers). Efficiency
+    = t_step / (t_step + t_allreduce(N)), communication not overlapped (a lower bound).
+    """
+    worker_runs = [r for r in runs if r["setup"].startswith("workers") and r.get("allreduce")]
+    if not worker_runs:
+        return {}
+    measured = max(worker_runs, key=lambda r: r["replicas"])
+    n = measured["replicas"]
+    scale = (2 * (devices - 1) / devices) / (2 * (n - 1) / n)
+    out = {}
+    for row in rows:
+        if row["setup"] != "default" or row["model"] not in measured["allreduce"]:
+            continue
+        ar = measured["allreduce"][row["model"]]
+        t_step = 1.0 / row["steps_per_sec"]["tapeline"]
+        t_ar = ar["seconds"] * scale
+        out[row["model"]] = {"devices": devices, "measured_workers": n, "params": ar["params"],
+                             "seconds_per_param": ar["seconds_per_param"], "t_step_s": t_step,
+                             "t_allreduce_s": t_ar, "efficiency": t_step / (t_step + t_ar)}
+    return out
+
+
+def _estimate_text(est: dict[str, Any]) -> str:
+    if not est:
+        return ""
+    lines = ["", "", "Estimate (not a measurement) of data-parallel efficiency on 8 devices with this machine's "
+             "step time and interconnect: efficiency = t_step / (t_step + t_allreduce(8)), ring all-reduce "
+             "scaled from the measured workers, no overlap.", "",
+             "| model | parameters | all-reduce s/parameter (measured) | t_step (1 device) | "
+             "t_allreduce(8), est. | efficiency on 8, est. |", "|---|---|---|---|---|---|"]
+    for model, e in est.items():
+        lines.append(f"| {model} | {e['params']:,} | {e['seconds_per_param']:.2e} ({e['measured_workers']} workers) "
+                     f"| {e['t_step_s'] * 1e3:.1f} ms | {e['t_allreduce_s'] * 1e3:.1f} ms | {e['efficiency']:.2f} |")
+    return "\n".join(lines)
 
 
 def _patch_symbolic_build(model: Any, strategy: Any, ds: Any) -> None:
@@ -282,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=100, help="steps per timed call (a third for the CNN)")
     p.add_argument("--models", default=None, help="default mlp,cnn (quick: mlp)")
     p.add_argument("--replicas", default=None, help="Mirrored replica counts (default 1,2,4; quick: 1,2)")
-    p.add_argument("--workers", type=int, default=2, help="multi-worker processes (0: skip)")
+    p.add_argument("--workers", default=None, help="multi-worker process counts (default 2,4; quick: 2; 0: skip)")
     p.add_argument("--timeout_s", type=float, default=1800.0, help="bound on each setup's process(es)")
     p.add_argument("--out_dir", default=None)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -290,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.quick:
         a.reps, a.steps = 1, 5
-    a.models = a.models or ("mlp" if a.quick else "mlp,cnn")
+    a.models = a.models or ("mlp" if a.quick else "mlp,cnn,transformer")
     if a.child:
         return _child(a)
 
@@ -298,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out_dir = a.out_dir or common.RESULTS
     counts = [int(c) for c in (a.replicas or ("1,2" if a.quick else "1,2,4")).split(",")]
-    setups = ["default"] + [f"mirrored:{c}" for c in counts] + ([f"workers:{a.workers}"] if a.workers else [])
+    workers = [int(w) for w in (a.workers or ("2" if a.quick else "2,4")).split(",") if int(w) > 0]
+    setups = ["default"] + [f"mirrored:{c}" for c in counts] + [f"workers:{w}" for w in workers]
     runs = []
     with tempfile.TemporaryDirectory(prefix="tapeline-scaling-") as tmp:
         for s in setups:
@@ -309,9 +382,10 @@ def main(argv: list[str] | None = None) -> int:
 
     logical = not tf.config.list_physical_devices("GPU")
     rows = _derive(runs)
+    est = estimate(rows, runs)
     data = {"machine": common.machine(), "quick": a.quick, "logical_cpus": logical, "reps": a.reps,
-            "runs": runs, "rows": rows}
-    tab = table(rows, logical_cpus=logical)
+            "runs": runs, "rows": rows, "estimate_8": est}
+    tab = table(rows, logical_cpus=logical) + _estimate_text(est)
     name = "scaling_quick" if a.quick else "scaling"
     paths = common.write(name, data, tab, out_dir=out_dir)
     _chart(rows, os.path.join(out_dir, f"{name}.png"))

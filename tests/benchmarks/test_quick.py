@@ -65,6 +65,13 @@ def test_scaling_quick(tmp_path):
             assert set(r[k]) == {"tapeline", "fit", "fit_spe"}
         assert {"tapeline_vs_fit", "tapeline_vs_fit_spe"} <= set(r)
         assert all(v > 0 for v in r["steps_per_sec"].values())
+    (workers,) = [r for r in data["runs"] if r["setup"] == "workers:2"]
+    ar = workers["allreduce"]["mlp"]
+    assert ar["params"] > 0 and ar["seconds"] > 0 and ar["seconds_per_param"] == ar["seconds"] / ar["params"]
+    e = data["estimate_8"]["mlp"]
+    assert e["devices"] == 8 and e["measured_workers"] == 2 and 0 < e["efficiency"] < 1
+    # ring all-reduce: 2 (N - 1) / N of the data, 8 devices against the 2 measured
+    assert e["t_allreduce_s"] == pytest.approx(ar["seconds"] * (2 * 7 / 8) / (2 * 1 / 2))
 
 
 def test_startup_quick(tmp_path):
