@@ -35,18 +35,17 @@ from typing import Any, Callable
 
 import tensorflow as tf
 
-from benchmarks import common
-from benchmarks import overhead
+from benchmarks import common, overhead
 from framework import step as step_lib
-from framework.config import ClipConfig
 from framework import trainer as trainer_lib
+from framework.config import ClipConfig
 from framework.data import pipeline
 
 VARIANTS = ("default", "group_1", "group_16", "group_32", "cond_update", "no_grad_stats", "no_metrics",
             "fixed_batch", "element_pipeline", "step_in_raw_loop", "raw_limit", "grad_norm_alone")
 
 
-def _no_stats(grads: Any, *, groups: Any, clip: Any) -> tuple[list, dict]:
+def _no_stats(grads: Any, *, groups: Any, clip: Any) -> tuple[list, dict]:  # noqa: ARG001 - clip_gradients's signature
     return list(grads), {"grad_norm": tf.constant(0.0)}
 
 
@@ -91,7 +90,7 @@ def _variant(name: str, quick: bool) -> Callable[[int], None]:
     if name == "grad_norm_alone":
         return _grad_norm_alone(quick)
     if name == "raw_limit":
-        return overhead._raw_loop("mlp", quick, True)  # noqa: SLF001
+        return overhead.raw_loop("mlp", quick, True)
     real_clip, real_group = step_lib.clipping.clip_gradients, trainer_lib._XLA_GROUP_STEPS  # noqa: SLF001
     real_bytes = pipeline.IN_MEMORY_BYTES
     try:

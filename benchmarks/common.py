@@ -93,7 +93,7 @@ if "bench_model" not in registry.MODELS:
         return make_model(kind, quick=quick)
 
     @registry.register_dataset("bench_data")
-    def bench_data(split: str, kind: str = "mlp", n: int = 4096) -> tf.data.Dataset:
+    def bench_data(split: str, kind: str = "mlp", n: int = 4096) -> tf.data.Dataset:  # noqa: ARG001 - every split
         key = f"{kind}-{n}"
         if key not in _DATA:
             _DATA[key] = synthetic(kind, n)

@@ -35,9 +35,9 @@ def _child(spec: str, quick: bool) -> dict[str, Any]:
     what, kind = spec.split(":")
     k = 5 if quick else 100
     if what == "raw":
-        loops = [overhead._raw_loop(kind, quick, jit) for jit in (True, False, "step")]
+        loops = [overhead.raw_loop(kind, quick, jit) for jit in (True, False, "step")]
     else:
-        loops = [overhead._fit(kind, quick)]
+        loops = [overhead.fit_runner(kind, quick)]
     rates = []
     for fn in loops:
         if kind == "cnn" and not quick and fn is loops[0] and what == "raw":
@@ -46,7 +46,7 @@ def _child(spec: str, quick: bool) -> dict[str, Any]:
         fn(min(k, 10))
         fn(k)
         fn(2 * k)
-        rates.append(overhead._steady_rate(fn, k))
+        rates.append(overhead.steady_rate(fn, k))
     return {"steps_per_sec": max(rates), "all": rates}
 
 

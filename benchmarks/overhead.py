@@ -34,7 +34,7 @@ from benchmarks import common
 from framework import trainer as trainer_lib
 
 
-def _raw_loop(kind: str, quick: bool, jit: bool | str) -> Callable[[int], None]:
+def raw_loop(kind: str, quick: bool, jit: bool | str) -> Callable[[int], None]:
     """The bare step on one batch: jit True (XLA loop), False (no XLA), or "step" (XLA per step)."""
     keras.utils.set_random_seed(0)
     model = common.make_model(kind, quick=quick)
@@ -82,7 +82,7 @@ def _tapeline(kind: str, quick: bool, jit: Any, steps_per_loop: int) -> Callable
     return run
 
 
-def _fit(kind: str, quick: bool, **kw: Any) -> Callable[[int], None]:
+def fit_runner(kind: str, quick: bool, **kw: Any) -> Callable[[int], None]:
     """`fit` of k steps with the given `compile` settings (none: Keras's defaults)."""
     model = common.compiled_fit_model(kind, quick=quick, **kw)
     ds = common.fit_dataset(kind)
@@ -113,7 +113,7 @@ FIT_BEST = ("d_fit", "e_fit_spe", "e_fit_jit", "e_fit_spe_jit")
 RAW_BEST = ("a_raw_xla", "a_raw", "a_raw_xla_step")
 
 
-def _steady_rate(fn: Callable[[int], None], k: int) -> float:
+def steady_rate(fn: Callable[[int], None], k: int) -> float:
     """Steps/s of `fn` in its steady state: k / (t(2k) - t(k)) from two calls in a row."""
     t1 = common.timed(lambda: fn(k))
     t2 = common.timed(lambda: fn(2 * k))
@@ -123,16 +123,16 @@ def _steady_rate(fn: Callable[[int], None], k: int) -> float:
 def measure(kind: str, *, quick: bool, reps: int, steps: int) -> dict[str, Any]:
     """Steady-state steps/s of every variant for one model (interleaved repetitions, medians)."""
     variants: dict[str, Callable[[int], None]] = {
-        "a_raw_xla": _raw_loop(kind, quick, True),
-        "a_raw": _raw_loop(kind, quick, False),
-        "a_raw_xla_step": _raw_loop(kind, quick, "step"),
+        "a_raw_xla": raw_loop(kind, quick, True),
+        "a_raw": raw_loop(kind, quick, False),
+        "a_raw_xla_step": raw_loop(kind, quick, "step"),
         "b_tapeline": _tapeline(kind, quick, "auto", steps),
         "c_tapeline_jit": _tapeline(kind, quick, True, steps),
         "c_tapeline_nojit": _tapeline(kind, quick, False, steps),
-        "d_fit": _fit(kind, quick),
-        "e_fit_spe": _fit(kind, quick, steps_per_execution=50, jit_compile=False),
-        "e_fit_jit": _fit(kind, quick, jit_compile=True),
-        "e_fit_spe_jit": _fit(kind, quick, steps_per_execution=50, jit_compile=True),
+        "d_fit": fit_runner(kind, quick),
+        "e_fit_spe": fit_runner(kind, quick, steps_per_execution=50, jit_compile=False),
+        "e_fit_jit": fit_runner(kind, quick, jit_compile=True),
+        "e_fit_spe_jit": fit_runner(kind, quick, steps_per_execution=50, jit_compile=True),
         "f_eager": _eager(kind, quick),
     }
     # Steps per timed call: fewer where one step is slow (the eager loop; XLA around convolutions
@@ -149,7 +149,7 @@ def measure(kind: str, *, quick: bool, reps: int, steps: int) -> dict[str, Any]:
     times: dict[str, list[float]] = {k: [] for k in variants}
     for r in range(reps):
         for k, fn in variants.items():
-            times[k].append(_steady_rate(fn, n_steps[k]))
+            times[k].append(steady_rate(fn, n_steps[k]))
         print(f"overhead: {kind} repetition {r + 1}/{reps}", flush=True)
     # The best raw limit, the best tuned tapeline and fit at its best, per repetition.
     times["a_raw_best"] = [max(t) for t in zip(*(times[k] for k in RAW_BEST))]

@@ -32,7 +32,7 @@ def splice(readme: str, results_dir: str) -> tuple[str, list[str]]:
     return out, found
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: ARG001 - the scripts' main(argv) form
     for path in (os.path.join(HERE, "README.md"), os.path.join(os.path.dirname(HERE), "README.md")):
         with open(path, encoding="utf-8") as f:
             text = f.read()

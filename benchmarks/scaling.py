@@ -197,7 +197,7 @@ def _patch_symbolic_build(model: Any, strategy: Any, ds: Any) -> None:
 
     local = next(iter(ds))
 
-    def build(iterator: Any = None, data_batch: Any = None) -> None:
+    def build(iterator: Any = None, data_batch: Any = None) -> None:  # noqa: ARG001 - Keras's signature
         with strategy.scope():
             model._symbolic_build(data_batch=tf.nest.map_structure(tf.convert_to_tensor, local))  # noqa: SLF001
 
@@ -225,7 +225,7 @@ def _patch_keras_multi_worker_reduce() -> None:
                 lambda v: strategy.reduce("MEAN", v, axis=0 if v.shape.rank else None), values)
         return original(values, strategy, reduction)
 
-    reduce_per_replica._tapeline_patched = True  # type: ignore[attr-defined]
+    reduce_per_replica._tapeline_patched = True  # type: ignore[attr-defined]  # noqa: SLF001 - our own marker
     keras_tf_trainer.reduce_per_replica = reduce_per_replica
 
 

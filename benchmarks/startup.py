@@ -113,7 +113,7 @@ def _growth(framework: str, kind: str, quick: bool, marks: list[int]) -> dict[st
             controller_lib.Controller(trainer=t, model_dir=model_dir, hooks=[hook]).train(evaluate=False)
     else:
         class Rss(keras.callbacks.Callback):
-            def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            def on_train_batch_end(self, batch: int, logs: Any = None) -> None:  # noqa: ARG002 - Keras API
                 if (batch + 1) % every == 0:
                     series.append((batch + 1, common.rss_mb()))
                     clock[batch + 1] = time.perf_counter()
@@ -127,7 +127,8 @@ def _growth(framework: str, kind: str, quick: bool, marks: list[int]) -> dict[st
     rate = (s1 - s0) / (clock[s1] - clock[s0]) if s1 > s0 else float("nan")
     first, last = at[str(marks[0])], at[str(marks[-1])]
     return {"framework": framework, "model": kind, "marks": marks, "steps_per_loop": every,
-            "rss_at_mb": at, "growth_mb": last - first, "growth_per_1k_steps_mb": (last - first) / (total - marks[0]) * 1000,
+            "rss_at_mb": at, "growth_mb": last - first,
+            "growth_per_1k_steps_mb": (last - first) / (total - marks[0]) * 1000,
             "peak_rss_mb": common.peak_rss_mb(), "series": series, "steps_per_sec": rate,
             "wall_s": elapsed}
 
@@ -167,7 +168,8 @@ def table(first: list[dict[str, Any]], growth: list[dict[str, Any]]) -> str:
         tp = next((r for r in first if r["model"] == m and r["framework"] == "tapeline"), None)
         fi = next((r for r in first if r["model"] == m and r["framework"] == "fit"), None)
         if tp and fi:
-            lines.append(f"\n{m}: tapeline's time to first step is {tp['to_first_step_s'] / fi['to_first_step_s']:.2f}x "
+            ratio = tp["to_first_step_s"] / fi["to_first_step_s"]
+            lines.append(f"\n{m}: tapeline's time to first step is {ratio:.2f}x "
                          f"Keras fit's; peak RSS {tp['peak_rss_mb'] / fi['peak_rss_mb']:.2f}x.")
         warm = next((r for r in first if r["model"] == m and r["framework"] == WARM), None)
         if warm and fi:

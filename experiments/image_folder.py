@@ -82,7 +82,8 @@ def digit_images(split: str, data_dir: str = "runs/data/digit_images", augment: 
 def digit_tfrecords(split: str, data_dir: str = "runs/data/digit_tfrecords"):
     paths = write_digit_tfrecords(data_dir)
     ds = files.tfrecord(split, files=paths["train"], eval_files=paths["eval"],
-                        features={"x": {"shape": [16, 16, 1], "dtype": "float32"}, "y": {"shape": [], "dtype": "int64"}})
+                        features={"x": {"shape": [16, 16, 1], "dtype": "float32"},
+                                  "y": {"shape": [], "dtype": "int64"}})
     return (ds, flip_and_rotate) if split == "train" else ds
 
 

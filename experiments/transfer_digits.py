@@ -8,7 +8,8 @@ transfer_digits: the same body, a new 5-class head, 300 labelled images of 5-9; 
     inference mode); the top block unfrozen at x0.1; everything with layer decay 0.7.
     Run: python -m framework.main --experiment=transfer_digits --model_dir=runs/transfer \
          --params_override=task.init_checkpoint=runs/pretrain
-    Control (from scratch, all layers, same labels): --params_override="{task: {init_checkpoint: null}, trainer: {phases: []}}"
+    Control (from scratch, all layers, same labels):
+         --params_override="{task: {init_checkpoint: null}, trainer: {phases: []}}"
     Expected: the pretrained body carries over: the head alone on it (phase 1, 150 steps) reaches
     eval accuracy >= 0.5 (chance 0.2; measured 0.65). After all three phases the fine-tuned model
     reaches eval accuracy >= 0.97 and is at least as good as training from scratch on the same

@@ -214,7 +214,8 @@ def check_optimizers(rd: str) -> Check:
                + _md_table(["optimizer"] + [f"loss {r}" for r in ranges] + ["eval loss", "eval accuracy"], rows)
                + "\n\nEval accuracy at every evaluation:\n\n"
                + _md_table(["optimizer"] + [f"step {s}" for s in sorted(evals['adam'])],
-                           [[k] + [_f(evals[k][s]) for s in sorted(evals["adam"])] for k in ("sgd", "adam", "rmsprop")]))
+                           [[k] + [_f(evals[k][s]) for s in sorted(evals["adam"])]
+                            for k in ("sgd", "adam", "rmsprop")]))
     return Check("eval accuracy " + ", ".join(f"{k} {_f(acc[k])}" for k in ("sgd", "adam", "rmsprop")), ok, details)
 
 

@@ -13,7 +13,7 @@ from framework.hooks.context import RunContext, every_n_steps
 __all__ = ["RunContext", "every_n_steps"]
 
 # Importing the built-in hooks registers them.
-from framework.hooks import early_stopping as _early_stopping  # noqa: E402,F401
 from framework.hooks import best_checkpoint as _best_checkpoint  # noqa: E402,F401
-from framework.hooks import plateau as _plateau  # noqa: E402,F401
+from framework.hooks import early_stopping as _early_stopping  # noqa: E402,F401
 from framework.hooks import export as _export  # noqa: E402,F401
+from framework.hooks import plateau as _plateau  # noqa: E402,F401

@@ -65,7 +65,7 @@ def _cos_anneal(start: float, end: float, rest: tf.Tensor) -> tf.Tensor:
 
 
 @registry.register_schedule("constant")
-def constant(*, base_lr: float, total_steps: int) -> Schedule:
+def constant(*, base_lr: float, total_steps: int) -> Schedule:  # noqa: ARG001 - the factories' common signature
     """lr = base_lr."""
     return lambda step: tf.constant(base_lr, tf.float32) + 0.0 * _f(step)
 
@@ -131,7 +131,7 @@ def polynomial(*, base_lr: float, total_steps: int, decay_steps: int | None = No
 
 
 @registry.register_schedule("exponential")
-def exponential(*, base_lr: float, total_steps: int, decay_rate: float = 0.96, decay_steps: int = 1000,
+def exponential(*, base_lr: float, total_steps: int, decay_rate: float = 0.96, decay_steps: int = 1000,  # noqa: ARG001
                 staircase: bool = False) -> Schedule:
     """base_lr * decay_rate ** (step / decay_steps), floored exponent if staircase (Keras ExponentialDecay)."""
     decay_steps = _int("decay_steps", decay_steps, minimum=1)
@@ -148,7 +148,7 @@ def exponential(*, base_lr: float, total_steps: int, decay_rate: float = 0.96, d
 
 
 @registry.register_schedule("piecewise")
-def piecewise(*, base_lr: float, total_steps: int, boundaries: Sequence[int] = (),
+def piecewise(*, base_lr: float, total_steps: int, boundaries: Sequence[int] = (),  # noqa: ARG001
               multipliers: Sequence[float] | None = None, values: Sequence[float] | None = None) -> Schedule:
     """Constant pieces, as Keras PiecewiseConstantDecay: the i-th value while step <= boundaries[i].
 

@@ -13,8 +13,8 @@ import tensorflow as tf
 
 from framework import controller as controller_lib
 from framework import registry
-from framework.optim import optimizers  # noqa: F401  (registers the built-in optimizers)
 from framework import trainer as trainer_lib
+from framework.optim import optimizers  # noqa: F401  (registers the built-in optimizers)
 from tests import _components as C
 
 

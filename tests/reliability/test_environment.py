@@ -14,7 +14,6 @@ import pytest
 
 from tests.reliability import _util as U
 
-
 # ------------------------------------------------------------------ F10 one worker fails
 
 
