@@ -196,7 +196,7 @@ def _inspect(cfg: Any, *, model_dir: str) -> dict[str, Any]:
     from framework.data import pipeline
 
     t = cfg.task
-    kind = inspect_lib.label_kind(t.loss.name)
+    kind = inspect_lib.label_kind(getattr(t.loss, "name", ""))
     sections = {"train": t.train_data, "eval": t.eval_data, "test": getattr(t, "test_data", None)}
     arrays, sizes, augment, x_spec = {}, {}, None, None
     try:

@@ -122,7 +122,7 @@ def _preflight(cfg: ExperimentConfig, train_source: tf.data.Dataset, n_train: in
     if eval_source is not None:
         sources["eval"] = preflight.Source(key="task.eval_data", section=t.eval_data, dataset=eval_source,
                                            num_examples=n_eval)
-    return preflight.run(sources, batches=cfg.trainer.preflight_batches, loss_name=t.loss.name,
+    return preflight.run(sources, batches=cfg.trainer.preflight_batches, loss_name=getattr(t.loss, "name", ""),
                          compensated_by=balancing(cfg))
 
 

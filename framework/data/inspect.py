@@ -18,7 +18,8 @@ import hashlib
 import json
 import math
 import os
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -187,13 +188,15 @@ def feature_stats(a: np.ndarray) -> dict[str, Any]:
 
 
 def label_kind(loss_name: str) -> str:
-    """'sparse', 'binary', 'categorical' (one-hot / soft) or 'regression', from the loss name."""
+    """'sparse', 'categorical' (one-hot / soft), 'binary', 'hinge' (-1/1 or 0/1) or 'regression', from the loss name."""
     if "sparse" in loss_name and ("crossentropy" in loss_name or "hinge" in loss_name):
         return "sparse"
-    if "binary" in loss_name or "hinge" in loss_name:
-        return "binary"
-    if "crossentropy" in loss_name:
+    if "categorical" in loss_name:
         return "categorical"
+    if "hinge" in loss_name:
+        return "hinge"
+    if "crossentropy" in loss_name:
+        return "binary"
     return "regression"
 
 
@@ -213,11 +216,13 @@ def class_ids(y: np.ndarray) -> np.ndarray | None:
 
 def class_counts(y: np.ndarray) -> dict[str, int]:
     """{"<class id>": n} (one-hot -> argmax; multi-hot: positives per label column)."""
+    if _is_float(y):  # a NaN/Inf label has no class (the non-finite count reports it)
+        y = y[np.isfinite(_rows(y) if y.ndim > 1 else y.reshape(-1, 1)).all(axis=1)]
     ids = class_ids(y)
     if ids is None:
         pos = (_rows(y) > 0.5).sum(axis=0)
         return {str(i): int(c) for i, c in enumerate(pos)}
-    values, counts = np.unique(ids[np.isfinite(ids)] if _is_float(ids) else ids, return_counts=True)
+    values, counts = np.unique(ids, return_counts=True)
     return {str(int(v)): int(c) for v, c in zip(values, counts)}
 
 
@@ -250,10 +255,11 @@ def labels_outside(y: np.ndarray, *, kind: str, units: int) -> tuple[int, str]:
         v = rows[:, 0]
         bad = (v < 0) | (v >= units) | (v != np.rint(v) if _is_float(v) else False)
         return int(np.sum(bad)), f"integer class ids in [0, {units})"
-    if kind == "binary":
+    if kind in ("binary", "hinge"):
         if rows.shape[1] != units:
             return len(rows), f"{units} label column(s) per example; got {rows.shape[1]}"
-        return int(np.sum(((rows < 0) | (rows > 1)).any(axis=1))), "labels in [0, 1]"
+        low = -1 if kind == "hinge" else 0
+        return int(np.sum(((rows < low) | (rows > 1)).any(axis=1))), f"labels in [{low}, 1]"
     if rows.shape[1] != units:
         return len(rows), f"{units} value(s) per example (the model's outputs); got {rows.shape[1]}"
     return 0, ""

@@ -11,14 +11,14 @@ not read them a second time (class weights, the label-range check).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from framework.data import inspect
-from framework.data import pipeline
+from framework.data import inspect, pipeline
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,8 +67,9 @@ def check_nonfinite(arrays: inspect.SplitArrays, source: Source, *, whole: bool)
     if not bad.any():
         return None
     first = int(np.argmax(bad))
-    where = [k for k, a in {**feats, **{"label": v for v in labels.values()}}.items()
-             if inspect.nonfinite_mask([a[first:first + 1]]).any()]
+    where = [k for k, a in feats.items() if inspect.nonfinite_mask([a[first:first + 1]]).any()]
+    where += [f"label {k!r}" if len(labels) > 1 else "label" for k, a in labels.items()
+              if inspect.nonfinite_mask([a[first:first + 1]]).any()]
     scope = "" if whole else f" among its first {arrays.num_examples} examples (a streaming source)"
     text = (f"{source.key}: expected finite features and labels; got {int(bad.sum())} example(s) with NaN/Inf "
             f"values{scope} (first: example {first}, in {', '.join(where)})")

@@ -11,7 +11,7 @@ from tensorflow.core.util import event_pb2
 from framework import main as main_lib
 from framework import registry
 from framework.data import inspect
-from tests import _components as C  # noqa: F401 - registers test_linear
+from tests import _components as C
 
 # The hand-built classification set (built in `_hand_built`; the numbers below are by construction).
 N_TRAIN, N_EVAL = 60, 20
@@ -73,7 +73,7 @@ def _has(warnings, severity, *words):
 
 
 def test_report_counts_on_hand_built_data(tmp_path):
-    report, result = _inspect(tmp_path)
+    report, _ = _inspect(tmp_path)
     train, ev = report["splits"]["train"], report["splits"]["eval"]
     assert train["examples"] == N_TRAIN and ev["examples"] == N_EVAL
     assert train["class_counts"] == CLASS_COUNTS

@@ -120,7 +120,7 @@ def test_labels_are_read_once_for_class_weights_and_the_label_check(monkeypatch)
     cfg = config_lib.merge(_cfg(), {"task": {"class_weight": "balanced"}})
     t = trainer_lib.build(cfg, tf.distribute.get_strategy())
     assert calls == []  # the pre-flight's arrays were reused
-    x, y = _arrays(64)
+    _, y = _arrays(64)
     counts = np.bincount(y, minlength=3)
     assert t.steps.class_weights == pytest.approx(list(64 / (3 * counts)))
 
@@ -134,7 +134,7 @@ def test_cli_exits_2_with_split_count_and_first_index(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     r = subprocess.run([sys.executable, "-m", "framework.main", "--import=tests.data.test_preflight",
                         "--experiment=preflight_nan", f"--model_dir={tmp_path}"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "tapeline: error: task.train_data: expected finite features and labels; got 3 example(s)" in r.stderr
     assert "first: example 7" in r.stderr and "Traceback" not in r.stderr
