@@ -346,6 +346,8 @@ def split_report(arrays: SplitArrays, *, kind: str, examples: int | None = None)
     feats = arrays.features
     n = arrays.num_examples
     rep: dict[str, Any] = {"examples": int(examples if examples is not None and examples >= 0 else n)}
+    if examples is not None and examples < 0:
+        rep["infinite"] = True  # `examples` then counts the examples read
     if rep["examples"] != n:
         rep["inspected"] = n
     rep.update(_label_section(arrays.y, kind))
@@ -426,9 +428,11 @@ def build_report(splits: Mapping[str, SplitArrays], *, kind: str, units: int | N
     hashes = {}
     for split, arrays in splits.items():
         rep, hashes[split] = split_report(arrays, kind=kind, examples=(examples or {}).get(split))
+        n = arrays.num_examples
         report["splits"][split] = rep
-        if "inspected" in rep:
-            warns.append(_warn("info", f"{split}: statistics of the first {rep['inspected']} examples only"))
+        if "inspected" in rep or rep.get("infinite"):
+            warns.append(_warn("info", f"{split}: statistics of the first {rep.get('inspected', n)} examples only"
+                                       f"{' (an infinite source)' if rep.get('infinite') else ''}"))
         if rep["nonfinite"]:
             where = [k for k, f in rep["features"].items() if f["nonfinite"]] or ["labels"]
             warns.append(_warn("error", f"{split}: {rep['nonfinite']} example(s) have NaN/Inf features or labels "
@@ -512,7 +516,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
             labels = f"min {_g(t['min'])}, max {_g(t['max'])}, mean {_g(t['mean'])}, std {_g(t['std'])}"
         else:
             labels = "per output"
-        seen = f" (first {s['inspected']})" if "inspected" in s else ""
+        seen = f" (first {s['inspected']})" if "inspected" in s else (" (infinite: first)" if s.get("infinite") else "")
         lines.append(f"| {split} | {s['examples']}{seen} | {s['nonfinite']} | {s['duplicates']} | {labels} |")
     if report["overlap"]:
         lines += ["", "Overlap (examples with the same features as a training example): " +

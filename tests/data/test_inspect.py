@@ -49,6 +49,10 @@ if "inspect_hand_built" not in registry.DATASETS:
         x, y, w = elem
         return 1.0 - tf.image.flip_left_right(x), y, w
 
+    @registry.register_dataset("inspect_repeat")
+    def inspect_repeat(split):
+        return C.test_arrays(split, key="inspect_inf").repeat()
+
     @registry.register_model("inspect_broken")
     def inspect_broken():
         raise ValueError("this model needs weights that are not here")
@@ -195,3 +199,33 @@ def test_image_grids_in_tensorboard_and_per_class_augmented_stats(tmp_path):
         assert per_class[c]["raw"]["mean"] == pytest.approx(x[idx].mean(), rel=1e-5)
         assert per_class[c]["augmented"]["mean"] == pytest.approx(1 - x[idx].mean(), rel=1e-5)
         assert per_class[c]["augmented"]["std"] == pytest.approx(x[idx].std(), rel=1e-4)
+
+
+def test_test_split_is_reported_with_its_overlap(tmp_path):
+    # `task.test_data` (a DataConfig like eval_data) is read with split="test" when configured.
+    cfg = C.make_config(task={"train_data": {"name": "inspect_hand_built", "batch_size": 8},
+                              "eval_data": {"name": ""}})
+    if not hasattr(cfg.task, "test_data"):
+        from framework.config import DataConfig
+
+        cfg.task.test_data = DataConfig()
+    cfg.task.test_data.name = "inspect_hand_built"  # split "test" gives the eval arrays
+    main_lib.run(cfg, model_dir=str(tmp_path), mode="inspect")
+    report = json.loads((tmp_path / "data_report.json").read_text())
+    assert set(report["splits"]) == {"train", "test"}
+    assert report["splits"]["test"]["examples"] == N_EVAL
+    assert report["overlap"] == {"train/test": EVAL_OVERLAP}
+    assert _has(report["warnings"], "warning", "test: 4 of 20", "also occur in train")
+
+
+def test_infinite_source_is_inspected_on_its_first_batches(tmp_path):
+    x, y = C.toy_classification(n=50)
+    C.set_arrays("inspect_inf", x, y)
+    cfg = C.make_config(task={"train_data": {"name": "inspect_repeat", "batch_size": 8}, "eval_data": {"name": ""}},
+                        trainer={"preflight_batches": 3})
+    main_lib.run(cfg, model_dir=str(tmp_path), mode="inspect")
+    report = json.loads((tmp_path / "data_report.json").read_text())
+    train = report["splits"]["train"]
+    # The first 3 batches of 8: 24 rows of a 50-row source repeated, so no duplicates yet.
+    assert train["examples"] == 24 and train["infinite"] is True and train["duplicates"] == 0
+    assert _has(report["warnings"], "info", "first 24 examples only (an infinite source)")
