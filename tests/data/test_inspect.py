@@ -2,6 +2,8 @@
 import glob
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,60 +11,12 @@ import tensorflow as tf
 from tensorflow.core.util import event_pb2
 
 from framework import main as main_lib
-from framework import registry
 from framework.data import inspect
 from tests import _components as C
+from tests.data import _inspect_components as D
 
-# The hand-built classification set (built in `_hand_built`; the numbers below are by construction).
-N_TRAIN, N_EVAL = 60, 20
-CLASS_COUNTS = {"0": 40, "1": 12, "2": 7, "3": 1}  # class 3 is outside a 3-output model
-TRAIN_DUPLICATES = 3  # rows 1 copied to 50 and 51, row 2 copied to 52 with another label
-TRAIN_NONFINITE = [30, 33]  # a NaN and an Inf feature
-EVAL_OVERLAP = 4  # eval rows 0-3 are train rows 5-8 (one of them relabelled)
-
-
-def _hand_built():
-    rng = np.random.default_rng(0)
-    x = np.stack([rng.normal(size=N_TRAIN), 1000.0 * rng.normal(size=N_TRAIN), np.full(N_TRAIN, 5.0)], 1)
-    y = np.repeat([0, 1, 2, 3], [40, 12, 7, 1])
-    rng.shuffle(y)
-    x[50] = x[1]
-    x[51] = x[1]
-    x[52] = x[2]
-    y[52] = (y[2] + 1) % 3
-    x[30, 0] = np.nan
-    x[33, 1] = np.inf
-    ex = np.stack([rng.normal(size=N_EVAL), 1000.0 * rng.normal(size=N_EVAL), np.full(N_EVAL, 5.0)], 1)
-    ey = rng.integers(0, 3, size=N_EVAL)
-    ex[:EVAL_OVERLAP] = x[5:5 + EVAL_OVERLAP]
-    ey[0] = (y[5] + 1) % 3  # a relabelled copy still counts as overlap
-    return (x.astype(np.float32), y.astype(np.int32)), (ex.astype(np.float32), ey.astype(np.int32))
-
-
-if "inspect_hand_built" not in registry.DATASETS:
-    @registry.register_dataset("inspect_hand_built")
-    def inspect_hand_built(split):
-        train, ev = _hand_built()
-        return tf.data.Dataset.from_tensor_slices(train if split == "train" else ev)
-
-    def _invert_and_flip(elem, seed):
-        x, y, w = elem
-        return 1.0 - tf.image.flip_left_right(x), y, w
-
-    @registry.register_dataset("inspect_repeat")
-    def inspect_repeat(split):
-        return C.test_arrays(split, key="inspect_inf").repeat()
-
-    @registry.register_model("inspect_broken")
-    def inspect_broken():
-        raise ValueError("this model needs weights that are not here")
-
-    @registry.register_dataset("inspect_images")
-    def inspect_images(split):
-        x = np.linspace(0.0, 1.0, 8 * 4 * 4).reshape(8, 4, 4, 1).astype(np.float32) ** 2
-        y = np.array([0, 0, 0, 1, 1, 1, 1, 1], np.int32)
-        ds = tf.data.Dataset.from_tensor_slices((x, y))
-        return (ds, _invert_and_flip) if split == "train" else ds
+N_TRAIN, N_EVAL, CLASS_COUNTS = D.N_TRAIN, D.N_EVAL, D.CLASS_COUNTS
+TRAIN_DUPLICATES, TRAIN_NONFINITE, EVAL_OVERLAP = D.TRAIN_DUPLICATES, D.TRAIN_NONFINITE, D.EVAL_OVERLAP
 
 
 def _inspect(tmp_path, **task):
@@ -89,7 +43,7 @@ def test_report_counts_on_hand_built_data(tmp_path):
     assert x["shape"] == [3] and x["dtype"] == "float32" and x["nonfinite"] == 2
     assert x["constant_columns"] == [2] and x["constant"] is False
     assert x["range_ratio"] > 100
-    train_x = _hand_built()[0][0].astype(np.float64)
+    train_x = D.hand_built()[0][0].astype(np.float64)
     finite = train_x[np.isfinite(train_x)]
     assert x["min"] == pytest.approx(finite.min()) and x["max"] == pytest.approx(finite.max())
     assert x["mean"] == pytest.approx(finite.mean()) and x["std"] == pytest.approx(finite.std())
@@ -229,3 +183,18 @@ def test_infinite_source_is_inspected_on_its_first_batches(tmp_path):
     # The first 3 batches of 8: 24 rows of a 50-row source repeated, so no duplicates yet.
     assert train["examples"] == 24 and train["infinite"] is True and train["duplicates"] == 0
     assert _has(report["warnings"], "info", "first 24 examples only (an infinite source)")
+
+
+def test_cli_prints_the_summary_and_writes_the_report(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, "-m", "framework.main", "--import=tests.data._inspect_components",
+                        "--experiment=inspect_hand_built", f"--model_dir={tmp_path}", "--mode=inspect"],
+                       cwd=root, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True, text=True,
+                       timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout.splitlines()
+    assert out[0] == "train: 60 examples, 2 non-finite, 3 duplicates; classes 0: 40, 1: 12, 2: 7, 3: 1"
+    assert "overlap: train/eval 4" in out
+    assert any(line.startswith("[error] train: 2 example(s) have NaN/Inf") for line in out)
+    assert out[-1].startswith(f"tapeline: data report {tmp_path}/data_report.json")
+    assert sorted(os.listdir(tmp_path)) == ["data_report.json", "data_report.md", "inspect"]
