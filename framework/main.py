@@ -265,8 +265,9 @@ def main(argv: Sequence[str]) -> int:
         return 2
     if FLAGS.mode == "inspect":
         print("\n".join(result["summary"]))
+        what = "report and image grids" if result["images"] else "report"
         print(f"tapeline: data report {result['report']} and {result['markdown']}; "
-              f"images: tensorboard --logdir {result['logdir']}")
+              f"TensorBoard ({what}): tensorboard --logdir {result['logdir']}")
         return 0
     print(f"tapeline: done at step {result.get('step')}; TensorBoard logs: tensorboard --logdir {model_dir}")
     return 0

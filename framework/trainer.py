@@ -2,7 +2,7 @@
 
 Every Keras object is created inside `strategy.scope()` and the optimizer is built eagerly on
 the trainable variables before anything is traced (DESIGN.md trap 2). Checks that need the
-data (label range, shapes) run here, before the first compiled step.
+data (the data pre-flight, label range, shapes) run here, before the first compiled step.
 """
 from __future__ import annotations
 

@@ -551,6 +551,9 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
         labels = ""
         if "class_counts" in s:
             labels = "; classes " + ", ".join(f"{k}: {v}" for k, v in s["class_counts"].items())
+        elif "target" in s:
+            t = s["target"]
+            labels = f"; target mean {_g(t['mean'])}, std {_g(t['std'])}, range [{_g(t['min'])}, {_g(t['max'])}]"
         out.append(f"{split}: {s['examples']} examples, {s['nonfinite']} non-finite, {s['duplicates']} duplicates"
                    f"{labels}")
     if report["overlap"]:

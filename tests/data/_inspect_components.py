@@ -5,7 +5,7 @@ import tensorflow as tf
 from framework import registry
 from tests import _components as C
 
-# The hand-built classification set (built in `_hand_built`; the numbers below are by construction).
+# The hand-built classification set (built in `hand_built`; the numbers below hold by construction).
 N_TRAIN, N_EVAL = 60, 20
 CLASS_COUNTS = {"0": 40, "1": 12, "2": 7, "3": 1}  # class 3 is outside a 3-output model
 TRAIN_DUPLICATES = 3  # rows 1 copied to 50 and 51, row 2 copied to 52 with another label
