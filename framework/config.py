@@ -48,6 +48,7 @@ class DataConfig(Component):
     batch_size: int = 32  # global batch, over all replicas
     shuffle_buffer: int = 10000
     cache: bool = True
+    allow_nonfinite: bool = False  # the pre-flight logs NaN/Inf in this split instead of stopping
 
 
 @dataclasses.dataclass
@@ -92,6 +93,7 @@ class TrainerConfig:
     phases: list = dataclasses.field(default_factory=list)
     freeze_bn_in_frozen_groups: bool = True
     ema_decay: Optional[float] = None  # exponential moving average of weights; eval uses it
+    preflight_batches: int = 10  # batches of a streaming source the data pre-flight checks (0: none)
 
 
 @dataclasses.dataclass
@@ -510,6 +512,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
                    ("optimizer.accumulation_steps", o.accumulation_steps)):
         if v <= 0:
             raise ConfigError(f"{key}: expected an integer > 0; got {v!r}")
+    if tr.preflight_batches < 0:
+        raise ConfigError(f"trainer.preflight_batches: expected an integer >= 0; got {tr.preflight_batches!r}")
     if tr.train_steps < 0:
         raise ConfigError(f"trainer.train_steps: expected an integer >= 0; got {tr.train_steps!r}")
     if tr.train_epochs is not None:

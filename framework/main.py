@@ -23,7 +23,7 @@ FLAGS = flags.FLAGS
 
 flags.DEFINE_string("experiment", None, "Registered experiment name.")
 flags.DEFINE_string("model_dir", None, "Directory for checkpoints, summaries, params.yaml, metrics.json.")
-flags.DEFINE_enum("mode", "train_and_eval", ["train_and_eval", "train", "eval", "lr_find"], "What to run.")
+flags.DEFINE_enum("mode", "train_and_eval", ["train_and_eval", "train", "eval", "lr_find", "inspect"], "What to run.")
 flags.DEFINE_multi_string("config_file", [], "YAML/JSON config file; repeatable, applied in order.")
 flags.DEFINE_multi_string("params_override", [],
                           "'a.b=1,c.d=x' pairs or a YAML/JSON mapping; applied last (repeatable).")
@@ -108,6 +108,8 @@ def run(cfg: Any, *, model_dir: str, mode: str, hparams: dict | None = None) -> 
         dist.check_runtime(cfg.runtime)
     except ValueError as e:
         raise UserError(str(e)) from None
+    if mode == "inspect":  # reads the data only: no strategy, no params.yaml, no checkpoint
+        return _inspect(cfg, model_dir=model_dir)
     if cfg.runtime.cpu_replicas:
         dist.setup_logical_cpus(cfg.runtime.cpu_replicas)
     chief = dist.is_chief(cfg.runtime)
@@ -183,6 +185,48 @@ def _run_built(cfg: Any, strategy: Any, *, model_dir: str, mode: str, hparams: d
     return {"step": step, "eval": ctl.last_eval, "history": ctl.eval_history}
 
 
+def _inspect(cfg: Any, *, model_dir: str) -> dict[str, Any]:
+    """`--mode=inspect`: reads every configured split once; writes data_report.{json,md} and images."""
+    from framework import trainer as trainer_lib
+    from framework.data import inspect as inspect_lib
+    from framework.data import pipeline
+
+    t = cfg.task
+    kind = inspect_lib.label_kind(getattr(t.loss, "name", ""))
+    sections = {"train": t.train_data, "eval": t.eval_data, "test": getattr(t, "test_data", None)}
+    arrays, sizes, augment, x_spec = {}, {}, None, None
+    try:
+        for split, section in sections.items():
+            if section is None or not section.name:
+                continue
+            key = f"task.{split}_data"
+            ds, aug = trainer_lib.data_source(section, split, key)
+            sizes[split] = pipeline.count(ds, name=key)
+            limit = inspect_lib.read_limit(ds.element_spec, sizes[split], batch_size=section.batch_size,
+                                           batches=cfg.trainer.preflight_batches)
+            arrays[split] = inspect_lib.read_split(ds, limit=limit)
+            if split == "train":
+                augment, x_spec = aug, ds.element_spec[0]
+        units, note = None, None
+        try:
+            units = trainer_lib.output_units(cfg, x_spec)
+        except Exception as e:  # noqa: BLE001 - the user's model code; the report is useful without it
+            note = f"the model could not be built ({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]})"
+        report = inspect_lib.build_report(arrays, kind=kind, units=units, units_note=note, examples=sizes,
+                                          compensated_by=trainer_lib.balancing(cfg))
+        images, grids = inspect_lib.image_section(arrays["train"], kind=kind, augment=augment,
+                                                  seed=cfg.trainer.seed)
+    except (ValueError, KeyError) as e:  # a dataset the config names cannot be read
+        raise UserError(str(e)) from None
+    if images:
+        report["splits"]["train"]["images"] = images
+    json_path, md_path = inspect_lib.write_report(report, model_dir)
+    logdir = os.path.join(model_dir, "inspect")
+    inspect_lib.write_images(grids, logdir=logdir, text=inspect_lib.to_markdown(report))
+    return {"report": json_path, "markdown": md_path, "images": sorted(grids), "logdir": logdir,
+            "summary": inspect_lib.summary_lines(report), "warnings": report["warnings"]}
+
+
 def build_hooks(hook_cfgs: Sequence[Any]) -> list[Any]:
     """Builds `hooks: [{name, every_n_steps?, ...kwargs}]` (every_n_steps is the framework's key)."""
     from framework import registry
@@ -215,6 +259,12 @@ def main(argv: Sequence[str]) -> int:
     except UserError as e:
         print(f"tapeline: error: {e}", file=sys.stderr)
         return 2
+    if FLAGS.mode == "inspect":
+        print("\n".join(result["summary"]))
+        what = "report and image grids" if result["images"] else "report"
+        print(f"tapeline: data report {result['report']} and {result['markdown']}; "
+              f"TensorBoard ({what}): tensorboard --logdir {result['logdir']}")
+        return 0
     print(f"tapeline: done at step {result.get('step')}; TensorBoard logs: tensorboard --logdir {model_dir}")
     return 0
 

@@ -2,7 +2,7 @@
 
 Every Keras object is created inside `strategy.scope()` and the optimizer is built eagerly on
 the trainable variables before anything is traced (DESIGN.md trap 2). Checks that need the
-data (label range, shapes) run here, before the first compiled step.
+data (the data pre-flight, label range, shapes) run here, before the first compiled step.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from framework import metrics as metrics_lib
 from framework import registry
 from framework.config import ExperimentConfig
 from framework.data import pipeline
+from framework.data import preflight
 from framework.optim import groups as groups_lib
 from framework.optim import optimizers as optimizers_lib
 from framework.optim import schedules as schedules_lib
@@ -112,6 +113,48 @@ def _dataset(cfg_section: Any, split: str, section: str) -> tf.data.Dataset:
     return out
 
 
+def _preflight(cfg: ExperimentConfig, train_source: tf.data.Dataset, n_train: int,
+               eval_source: tf.data.Dataset | None, n_eval: int) -> preflight.Result:
+    """The data pre-flight on train and eval (never the test split), before the model exists."""
+    t = cfg.task
+    sources = {"train": preflight.Source(key="task.train_data", section=t.train_data, dataset=train_source,
+                                         num_examples=n_train)}
+    if eval_source is not None:
+        sources["eval"] = preflight.Source(key="task.eval_data", section=t.eval_data, dataset=eval_source,
+                                           num_examples=n_eval)
+    return preflight.run(sources, batches=cfg.trainer.preflight_batches, loss_name=getattr(t.loss, "name", ""),
+                         compensated_by=balancing(cfg))
+
+
+def balancing(cfg: ExperimentConfig) -> str | None:
+    """The config that counters class imbalance (class weights or balanced sampling), if any."""
+    if cfg.task.class_weight is not None:
+        cw = cfg.task.class_weight
+        return f"task.class_weight: {cw if isinstance(cw, str) else 'given'}"
+    sampling = getattr(cfg.task.train_data, "sampling", None)
+    return f"task.train_data.sampling: {sampling if isinstance(sampling, str) else 'given'}" if sampling else None
+
+
+def data_source(section: Any, split: str, key: str) -> tuple[tf.data.Dataset, Callable | None]:
+    """(the (x, y, w) source of one split as the trainer reads it, its training augmentation or None)."""
+    ds = _dataset(section, split, key)
+    return ds, getattr(ds, "_tapeline_augment", None)
+
+
+def output_units(cfg: ExperimentConfig, x_spec: Any) -> int:
+    """Builds the model (no strategy, nothing traced) only to read its number of outputs."""
+    t = cfg.task
+    model = registry.build(registry.MODELS, t.model.name, t.model.kwargs, section="task.model")
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"task.model: factory {t.model.name!r} must return a keras.Model; "
+                         f"got {type(model).__name__}")
+    units = _output_units(model)
+    if units is None:
+        dummy = tf.nest.map_structure(lambda s: tf.zeros([1, *s.shape], s.dtype), x_spec)
+        units = int(model(dummy, training=False).shape[-1])
+    return int(units)
+
+
 def _output_units(model: keras.Model) -> int | None:
     shape = model.outputs[0].shape if getattr(model, "outputs", None) else None
     return None if shape is None else shape[-1]
@@ -159,6 +202,7 @@ def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, *,
         n_eval = pipeline.count(eval_source, name="task.eval_data")
         if n_eval < 0:
             raise ValueError("task.eval_data: the eval dataset is infinite; it must be finite")
+    checked = _preflight(cfg, train_source, n_train, eval_source, n_eval)
     batches_per_step = o.accumulation_steps
     if tr.train_epochs is not None:
         if n_train < 0:
@@ -199,12 +243,15 @@ def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, *,
     sparse = "sparse" in t.loss.name
     class_weights = None
     if sparse or t.class_weight is not None:
-        labels = pipeline.labels_array(train_source) if n_train > 0 else np.zeros([0], np.int64)
+        labels = checked.labels.get("train")  # read once by the pre-flight when in memory
+        if labels is None:
+            labels = pipeline.labels_array(train_source) if n_train > 0 else np.zeros([0], np.int64)
         if sparse:
             pipeline.check_sparse_labels(labels, num_classes=units, name="task.train_data")
             if eval_source is not None:
-                pipeline.check_sparse_labels(pipeline.labels_array(eval_source), num_classes=units,
-                                             name="task.eval_data")
+                eval_labels = checked.labels.get("eval")
+                pipeline.check_sparse_labels(pipeline.labels_array(eval_source) if eval_labels is None
+                                             else eval_labels, num_classes=units, name="task.eval_data")
         if t.class_weight is not None:
             ncls = units if units > 1 else 2
             class_weights = class_weight_vector(t.class_weight, labels, ncls)
