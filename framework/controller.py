@@ -111,6 +111,11 @@ class Controller:
         self.overfit: dict[str, Any] | None = None
         self._loop_losses: list[float] = []  # first and last inner-loop loss, for overfit_batches
 
+    @property
+    def preempted(self) -> bool:
+        """Whether training stopped for a SIGTERM (the run is unfinished and resumes later)."""
+        return self._preempted.is_set()
+
     def handle_sigterm(self) -> None:
         """On SIGTERM, finish the current inner loop, checkpoint and stop (preemption)."""
         if threading.current_thread() is not threading.main_thread():
@@ -272,7 +277,7 @@ class Controller:
     def test(self, *, step: int) -> dict[str, float]:
         """Evaluates `task.test_data` once: test_metrics.json and TensorBoard `test/`, no hooks."""
         ds, nb = self.t.test_dataset()
-        values = self._eval_values(ds, nb)
+        values = self.measure(ds, nb)
         self.summaries.scalars("test", step, values)
         summ.log(summ.log_line("test", step=step, total=self.t.total_steps, values=values))
         summ.write_json(os.path.join(self.model_dir, "test_metrics.json"), {"step": step, **values})
@@ -356,7 +361,7 @@ class Controller:
             self._eval_ds = self.t.eval_dataset()
         ds, nb = self._eval_ds
         s = self.t.steps
-        values = self._eval_values(ds, nb)
+        values = self.measure(ds, nb)
         cm = s.eval_metrics.get("_confusion")
         if cm is not None:
             self._per_class_report(np.asarray(cm.result()), step)
@@ -370,8 +375,8 @@ class Controller:
         return values
 
 
-    def _eval_values(self, ds: Any, nb: int) -> dict[str, float]:
-        """Loss and metrics of `nb` batches of `ds` (with the EMA weights if any)."""
+    def measure(self, ds: Any, nb: int) -> dict[str, float]:
+        """Loss and metrics of `nb` batches of `ds` (with the EMA weights if any); no files, no hooks."""
         s = self.t.steps
         s.reset_eval_metrics()
         s.swap_ema()
