@@ -32,8 +32,13 @@ from framework.data import bundled
 
 @registry.register_dataset("imbalanced_cancer")
 def imbalanced_cancer(split: str, ratio: int = 10, seed: int = 0) -> tf.data.Dataset:
-    """breast_cancer with the malignant class (label 0 in sklearn) relabelled 1 and thinned to 1:ratio."""
-    x, y = bundled.load_arrays("breast_cancer", split)
+    """breast_cancer with the malignant class (label 0 in sklearn) relabelled 1 and thinned to 1:ratio.
+
+    split "train" is thinned; "eval" and "test" are both the untouched held-out quarter (natural
+    ratio): an experiment uses one or the other, never both (imbalanced_cancer_protocol carves its
+    eval set from the training source and keeps this quarter as the test set).
+    """
+    x, y = bundled.load_arrays("breast_cancer", "eval" if split == "test" else split)
     y = (y == 0).astype(np.int32)  # 1 = malignant, the minority class of interest
     if split == "train":
         rng = np.random.default_rng(seed)
@@ -83,6 +88,15 @@ def imbalanced_cancer_experiment() -> dict:
             "optimizer": {"name": "adam", "learning_rate": 1e-3},
             "hooks": [{"name": "early_stopping", "monitor": "auc", "patience": 4, "restore_best": True},
                       {"name": "reduce_lr_on_plateau", "monitor": "loss", "patience": 2, "factor": 0.5}]}
+
+
+@registry.register_experiment("imbalanced_cancer_protocol")
+def imbalanced_cancer_protocol() -> dict:
+    """imbalanced_cancer under the honest protocol: validation carved from training, a test set read once."""
+    cfg = imbalanced_cancer_experiment()
+    cfg["task"].update({"eval_data": {"name": "", "batch_size": 74}, "validation_split": 0.25,
+                        "test_data": {"name": "imbalanced_cancer", "batch_size": 143}, "class_weight": None})
+    return cfg
 
 
 @registry.register_experiment("regularized_mlp")

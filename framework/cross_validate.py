@@ -120,7 +120,7 @@ def probabilities(trainer: Any, x: Any, batch: int = 1024) -> np.ndarray:
     n = int(tf.nest.flatten(x)[0].shape[0])
     out = []
     for s in range(0, n, batch):
-        part = tf.nest.map_structure(lambda a: a[s:s + batch], x)
+        part = tf.nest.map_structure(lambda a, s=s: a[s:s + batch], x)
         out.append(np.asarray(trainer.model(part, training=False), np.float64))
     z = np.concatenate(out).reshape(n, -1)
     if z.shape[1] == 1:
