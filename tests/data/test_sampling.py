@@ -94,3 +94,30 @@ def test_training_with_balanced_sampling_resumes_and_reports_frequencies(tmp_pat
         for e in tf.compat.v1.train.summary_iterator(path):
             tags |= {v.tag for v in e.summary.value}
     assert {"sampling/class_0", "sampling/class_1"} <= tags
+
+
+def test_sampling_and_validation_split_under_two_replicas_equal_one_device(tmp_path):
+    from framework import distribute as dist
+    from framework.config import RuntimeConfig
+
+    x, y = C.toy_classification(n=100, seed=6)
+    y = np.where(np.arange(100) % 10 == 0, 1, 0).astype(np.int32)
+    C.set_arrays("sampling_dist", x, y)
+    cfg = C.make_config(task={"model": {"units": 2}, "train_data": {"key": "sampling_dist", "sampling": "balanced"},
+                              "eval_data": {"name": ""}, "validation_split": 0.2},
+                        trainer={"train_steps": 10, "steps_per_loop": 5, "eval_interval": 10},
+                        optimizer={"name": "adam", "learning_rate": 0.01})
+    runs = []
+    for name, strategy in (("one", tf.distribute.get_strategy()),
+                           ("two", dist.make_strategy(RuntimeConfig(strategy="mirrored", cpu_replicas=2)))):
+        t = trainer_lib.build(cfg, strategy)
+        ctl = controller_lib.Controller(trainer=t, model_dir=str(tmp_path / name))
+        ctl.train(evaluate=True)
+        runs.append((t, ctl))
+    (one, c1), (two, c2) = runs
+    assert two.strategy.num_replicas_in_sync == 2
+    np.testing.assert_array_equal(one.eval_indices, two.eval_indices)
+    assert one.sampled_frequencies == two.sampled_frequencies
+    for a, b in zip(one.model.variables, two.model.variables):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+    assert c2.last_eval["loss"] == pytest.approx(c1.last_eval["loss"], rel=1e-5)
