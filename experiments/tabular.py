@@ -10,6 +10,21 @@ imbalanced_cancer: benign:malignant made 10:1 in training (malignant examples dr
     cost in precision (0.96-0.98 vs 1.0); AUC about the same (~0.986). The eval split keeps the
     natural ratio (~37% malignant). In 600 steps eval AUC keeps improving, so early stopping
     (patience 4 evaluations) does not trigger.
+imbalanced_cancer_protocol: the same data under an honest protocol. The eval set is carved from the
+    10:1 training source (`task.validation_split: 0.25`, stratified and seeded: 220 train / 73
+    validation examples, 7 of them malignant) and drives early stopping only; the untouched held-out
+    quarter (143 examples, natural ratio) is `task.test_data`, read once at the end on the restored
+    best weights. Compares neither, balanced class weights, balanced sampling and both.
+    Run: python -m framework.main --experiment=imbalanced_cancer_protocol --model_dir=runs/protocol \
+         --sweep='task.class_weight=null,balanced;task.train_data.sampling=null,balanced'
+    Expected: class weights and sampling each raise test malignant recall over neither (test recall
+    neither / class weights / sampling / both: 0.868 / 0.925 / 0.925 / 0.925 at the default seed;
+    0.830 / 0.906 / 0.906 / 0.925 at trainer.seed=1 and 0.849 / 0.906 / 0.906 / 0.943 at seed 2), for a
+    lower precision (0.98-1.0 -> 0.86-0.94); both together over-correct (the lowest precision, 0.75-0.85,
+    and F1). Sampling draws ~50% malignant examples per epoch (logged, and `sampling/class_1` in
+    TensorBoard). With 7 malignant validation examples, validation AUC peaks (1.0 or 0.995) by step
+    50-300, so early stopping ends every run early (step 250-500) and restores those weights: a small
+    imbalanced validation set is a coarse guide, which is why the test set is kept apart.
 regularized_mlp: 60 training examples; an MLP with dropout + batch norm + L2 vs the same MLP
     without them.
     Run: python -m framework.main --experiment=regularized_mlp --model_dir=runs/reg \

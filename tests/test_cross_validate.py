@@ -3,6 +3,7 @@ cv.json / cv.md / cv.png, and cleanlab's label issues from out-of-fold predictio
 import csv
 import json
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -13,6 +14,7 @@ from framework import main as main_lib
 from framework.data import split as split_lib
 from tests import _data_experiment
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLIPPED = [4, 50, 97, 121]
 
 
@@ -104,3 +106,19 @@ def test_missing_cleanlab_is_a_clear_error_before_any_fold(tmp_path, monkeypatch
         cv_lib.run(folds=3, model_dir=str(tmp_path), run_one=_runner(calls), find_label_issues=True)
     assert isinstance(e.value, ValueError)  # main turns it into one line and exit status 2
     assert calls == [] and os.listdir(tmp_path) == []
+
+
+def test_cli_cross_validate(tmp_path):
+    d = tmp_path / "cv"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    r = subprocess.run([sys.executable, "-m", "framework.main", "--import=tests._data_experiment",
+                        "--experiment=data_blobs", f"--model_dir={d}", "--mode=cross_validate", "--folds=2",
+                        "--params_override=trainer.train_steps=20,trainer.eval_interval=20"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((d / "cv.json").read_text())
+    assert len(report["folds"]) == 2 and "accuracy" in report["mean"]
+    for i in range(2):
+        params = (d / f"fold={i}" / "params.yaml").read_text()
+        assert f"index: {i}" in params and (d / f"fold={i}" / "checkpoint").exists()
+    assert "2-fold cross-validation done" in r.stdout and not (d / "label_issues.csv").exists()
