@@ -374,7 +374,6 @@ class Controller:
         self._dispatch("eval_end")
         return values
 
-
     def measure(self, ds: Any, nb: int) -> dict[str, float]:
         """Loss and metrics of `nb` batches of `ds` (with the EMA weights if any); no files, no hooks."""
         s = self.t.steps

@@ -166,7 +166,8 @@ def _run_built(cfg: Any, strategy: Any, *, model_dir: str, mode: str, hparams: d
         raise UserError(str(e)) from None
     logging.info("parameter groups:\n%s", trainer.groups.format())
     if mode == "smoke":
-        return {"step": 2, "smoke": smoke.run(trainer, hooks=hooks, model_dir=model_dir)}
+        report = smoke.run(trainer, hooks=hooks, model_dir=model_dir)
+        return {"step": report["step"], "smoke": report}
     if mode == "lr_find":
         from framework import lr_find
 
