@@ -28,6 +28,10 @@ class NonFiniteError(RuntimeError):
     """Training met a non-finite loss or gradient under `trainer.nonfinite=terminate`."""
 
 
+class TestDataError(ValueError):
+    """`task.test_data` could not be read at the end; training itself finished and is checkpointed."""
+
+
 @dataclasses.dataclass
 class Phase:
     """A stretch of training with its own trainable groups and group multipliers."""
@@ -210,6 +214,11 @@ class Controller:
         step = self.restore()
         if step >= total:
             logging.info("already finished: step %d of %d in %s; nothing to do", step, total, self.model_dir)
+            if self.cfg.task.test_data.name and not os.path.exists(os.path.join(self.model_dir, "test_metrics.json")):
+                # The test evaluation of this finished run did not complete (e.g. a test_data fixed since):
+                # the end hooks put the final weights back (restore-best state is in the checkpoint).
+                self._dispatch("end")
+                self._test_once(step)
             return step
         self.summaries.text("train", "config", _config_text(self.cfg), step=step)
         self.summaries.text("train", "param_groups", self.t.groups.format(), step=step)
@@ -270,9 +279,16 @@ class Controller:
             self._report_overfit(step)
         # After the end hooks (restore-best): the test set sees the final model, exactly once.
         if self.cfg.task.test_data.name and not self._preempted.is_set():
-            self.test(step=step)
+            self._test_once(step)
         self.summaries.close()
         return step
+
+    def _test_once(self, step: int) -> None:
+        try:
+            self.test(step=step)
+        except ValueError as e:
+            raise TestDataError(f"{e} (training finished at step {step} and is checkpointed in {self.model_dir}; "
+                                "fix task.test_data and rerun the same command to evaluate the test set)") from None
 
     def test(self, *, step: int) -> dict[str, float]:
         """Evaluates `task.test_data` once: test_metrics.json and TensorBoard `test/`, no hooks."""

@@ -188,6 +188,8 @@ def _run_built(cfg: Any, strategy: Any, *, model_dir: str, mode: str, hparams: d
         step = ctl.train(evaluate=mode == "train_and_eval")
     except ckpt_lib.CheckpointError as e:  # unreadable / different-model checkpoints, a failed save
         raise UserError(str(e)) from None
+    except controller_lib.TestDataError as e:  # the test set at the end of a finished run could not be read
+        raise UserError(str(e)) from None
     except (OSError, tf.errors.OpError) as e:
         # A full or read-only model_dir met by another write (event files, metrics.json): one clear
         # line naming the file, not a traceback. Errors about anything else are not ours to hide.

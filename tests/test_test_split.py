@@ -169,3 +169,39 @@ def test_validation_split_runs_with_eval(tmp_path):
 def test_bad_protocol_config_is_a_config_error(task, match):
     with pytest.raises(config_lib.ConfigError, match=match):
         C.make_config(task=task)
+
+
+if "strict_split" not in registry.DATASETS:
+    @registry.register_dataset("strict_split")
+    def strict_split(split: str, key: str = "default", allow_test: bool = False) -> tf.data.Dataset:
+        """Rejects split='test' (like a factory that only knows train/eval) unless allow_test."""
+        if split == "test" and not allow_test:
+            raise ValueError(f"dataset 'strict_split': split must be 'train' or 'eval'; got split={split!r}")
+        CALLS[split] = CALLS.get(split, 0) + 1
+        x, y, _ = C._ARRAYS[key]
+        return tf.data.Dataset.from_tensor_slices((x, y))
+
+
+def test_a_test_set_that_fails_at_the_end_is_evaluated_on_the_rerun(tmp_path):
+    from framework import main as main_lib
+
+    x, y = C.toy_classification(n=64, seed=1)
+    C.set_arrays("tt_strict", x, y)
+
+    def cfg(allow):
+        return C.make_config(
+            task={"train_data": {"key": "tt_strict"}, "eval_data": {"key": "tt_strict"},
+                  "test_data": {"name": "strict_split", "key": "tt_strict", "allow_test": allow}})
+
+    with pytest.raises(main_lib.UserError, match="split must be 'train' or 'eval'.*rerun the same command"):
+        main_lib.run(cfg(False), model_dir=str(tmp_path), mode="train_and_eval")
+    assert not os.path.exists(tmp_path / "test_metrics.json")
+    CALLS["test"] = 0
+    result = main_lib.run(cfg(True), model_dir=str(tmp_path), mode="train_and_eval")
+    assert CALLS["test"] == 1 and result["step"] == 20 and result["controller"].eval_history == []  # no training
+    test = json.loads((tmp_path / "test_metrics.json").read_text())
+    ref = _logits_metrics(result["controller"].t.model, x, y)  # the final (restored) weights
+    assert test["step"] == 20 and test["loss"] == pytest.approx(ref["loss"], rel=1e-4)
+    # A further rerun reads nothing: the test set was evaluated once.
+    main_lib.run(cfg(True), model_dir=str(tmp_path), mode="train_and_eval")
+    assert CALLS["test"] == 1
