@@ -25,6 +25,12 @@ imbalanced_cancer_protocol: the same data under an honest protocol. The eval set
     TensorBoard). With 7 malignant validation examples, validation AUC peaks (1.0 or 0.995) by step
     50-300, so early stopping ends every run early (step 250-500) and restores those weights: a small
     imbalanced validation set is a coarse guide, which is why the test set is kept apart.
+    Cross-validation of the same training source (folds stratified, 58-59 held out each):
+    python -m framework.main --experiment=imbalanced_cancer_protocol --model_dir=runs/protocol_cv \
+        --mode=cross_validate --folds=5 --find_label_issues
+    measured: held-out AUC 0.9987 ± 0.0025, recall 0.933 ± 0.133 (one fold 0.667: 2 of its 6 malignant
+    examples missed), accuracy 0.969 ± 0.013; cleanlab finds no label issues in the out-of-fold
+    predictions (label_issues.csv has the header only).
 regularized_mlp: 60 training examples; an MLP with dropout + batch norm + L2 vs the same MLP
     without them.
     Run: python -m framework.main --experiment=regularized_mlp --model_dir=runs/reg \
