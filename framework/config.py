@@ -49,6 +49,8 @@ class DataConfig(Component):
     shuffle_buffer: int = 10000
     cache: bool = True
     allow_nonfinite: bool = False  # the pre-flight logs NaN/Inf in this split instead of stopping
+    # train_data only: null | balanced | {class: weight} (per-example draw weight by class).
+    sampling: Union[None, str, dict] = None
 
 
 @dataclasses.dataclass
@@ -65,6 +67,12 @@ class TaskConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train_data: DataConfig = dataclasses.field(default_factory=DataConfig)
     eval_data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    # Evaluated once, on the final model, after training (never seen by hooks).
+    test_data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    # Fraction of the training source held out as the eval set when eval_data names nothing.
+    validation_split: Optional[float] = None
+    # Set by --mode=cross_validate for each sub-run: {folds: K, index: i} holds fold i out.
+    cv_fold: dict = dataclasses.field(default_factory=dict)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     metrics: list = dataclasses.field(default_factory=lambda: ["accuracy"])
     class_weight: Union[None, str, dict] = None
@@ -94,6 +102,7 @@ class TrainerConfig:
     freeze_bn_in_frozen_groups: bool = True
     ema_decay: Optional[float] = None  # exponential moving average of weights; eval uses it
     preflight_batches: int = 10  # batches of a streaming source the data pre-flight checks (0: none)
+    overfit_batches: int = 0  # >0: train on the same first N batches only (a debugging run)
 
 
 @dataclasses.dataclass
@@ -552,6 +561,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
                 ok = False
             if not ok:
                 raise ConfigError(f"task.class_weight: expected int class -> weight >= 0; got {k!r}: {v!r}")
+    _validate_data_protocol(t, tr)
     for i, h in enumerate(cfg.hooks):
         if not h.name:
             raise ConfigError(f"hooks[{i}].name: expected a registered hook name; got {h.name!r}")
@@ -559,6 +569,47 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         if not isinstance(m, (str, dict)):
             raise ConfigError(f"task.metrics[{i}]: expected a metric name or {{name: ...}}; got {m!r}")
     return cfg
+
+
+def _validate_data_protocol(t: TaskConfig, tr: TrainerConfig) -> None:
+    """test_data, validation_split, cv_fold, sampling and overfit_batches."""
+    if t.test_data.name and t.test_data.batch_size <= 0:
+        raise ConfigError(f"task.test_data.batch_size: expected an integer > 0; got {t.test_data.batch_size!r}")
+    vs = t.validation_split
+    if vs is not None:
+        if not (math.isfinite(vs) and 0.0 < vs < 1.0):
+            raise ConfigError(f"task.validation_split: expected null or a fraction in (0, 1); got {vs!r}")
+        if t.eval_data.name:
+            raise ConfigError("task.validation_split: expected null when task.eval_data.name is given (the eval "
+                              f"set comes from one or the other); got {vs!r} with eval_data {t.eval_data.name!r}")
+    if t.cv_fold:
+        k, i = t.cv_fold.get("folds"), t.cv_fold.get("index")
+        if set(t.cv_fold) != {"folds", "index"} or not isinstance(k, int) or not isinstance(i, int) \
+                or k < 2 or not 0 <= i < k:
+            raise ConfigError(f"task.cv_fold: expected {{folds: K >= 2, index: 0..K-1}}; got {t.cv_fold!r}")
+        if t.eval_data.name or vs is not None:
+            raise ConfigError("task.cv_fold: the held-out fold is the eval set; expected no task.eval_data.name "
+                              f"and no task.validation_split; got eval_data {t.eval_data.name!r}, "
+                              f"validation_split {vs!r}")
+    sp = t.train_data.sampling
+    if isinstance(sp, str) and sp != "balanced":
+        raise ConfigError(f"task.train_data.sampling: expected null, 'balanced' or {{class: weight}}; got {sp!r}")
+    if isinstance(sp, dict):
+        for k, v in sp.items():
+            try:
+                int(k)
+                ok = float(v) >= 0 and math.isfinite(float(v))
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ConfigError(f"task.train_data.sampling: expected int class -> weight >= 0; got {k!r}: {v!r}")
+        if not any(float(v) > 0 for v in sp.values()):
+            raise ConfigError(f"task.train_data.sampling: expected at least one weight > 0; got {sp!r}")
+    for key, d in (("task.eval_data", t.eval_data), ("task.test_data", t.test_data)):
+        if d.sampling is not None:
+            raise ConfigError(f"{key}.sampling: sampling applies to task.train_data only; got {d.sampling!r}")
+    if tr.overfit_batches < 0:
+        raise ConfigError(f"trainer.overfit_batches: expected an integer >= 0; got {tr.overfit_batches!r}")
 
 
 # ----------------------------------------------------------------------------- resolve / io

@@ -28,6 +28,10 @@ class NonFiniteError(RuntimeError):
     """Training met a non-finite loss or gradient under `trainer.nonfinite=terminate`."""
 
 
+class TestDataError(ValueError):
+    """`task.test_data` could not be read at the end; training itself finished and is checkpointed."""
+
+
 @dataclasses.dataclass
 class Phase:
     """A stretch of training with its own trainable groups and group multipliers."""
@@ -107,6 +111,14 @@ class Controller:
         self._eval_ds = None
         self._restores = 0
         self._preempted = threading.Event()
+        self.test_metrics: dict[str, float] | None = None
+        self.overfit: dict[str, Any] | None = None
+        self._loop_losses: list[float] = []  # first and last inner-loop loss, for overfit_batches
+
+    @property
+    def preempted(self) -> bool:
+        """Whether training stopped for a SIGTERM (the run is unfinished and resumes later)."""
+        return self._preempted.is_set()
 
     def handle_sigterm(self) -> None:
         """On SIGTERM, finish the current inner loop, checkpoint and stop (preemption)."""
@@ -202,10 +214,18 @@ class Controller:
         step = self.restore()
         if step >= total:
             logging.info("already finished: step %d of %d in %s; nothing to do", step, total, self.model_dir)
+            if self.cfg.task.test_data.name and not os.path.exists(os.path.join(self.model_dir, "test_metrics.json")):
+                # The test evaluation of this finished run did not complete (e.g. a test_data fixed since):
+                # the end hooks put the final weights back (restore-best state is in the checkpoint).
+                self._dispatch("end")
+                self._test_once(step)
             return step
         self.summaries.text("train", "config", _config_text(self.cfg), step=step)
         self.summaries.text("train", "param_groups", self.t.groups.format(), step=step)
         self.t.groups.write(os.path.join(self.model_dir, "param_groups.json"))
+        if self.t.sampled_frequencies:
+            self.summaries.scalars("train", step, {f"sampling/class_{c}": f
+                                                   for c, f in self.t.sampled_frequencies.items()})
         self._dispatch("begin")
         dist_ds = self.t.train_dataset(start_step=step)
         self._train_iter = iter(dist_ds)
@@ -243,6 +263,7 @@ class Controller:
             summ.log(summ.log_line("train", step=step, total=total, values=shown,
                                    examples_per_sec=rates["examples_per_sec"], eta_s=eta), live=True)
             self.ctx.train_logs = values
+            self._loop_losses = self._loop_losses[:1] + [values["loss"]]
             self._dispatch("train_loop_end")
             if self._preempted.is_set():
                 self.ctx.request_stop("preempted (SIGTERM)")
@@ -254,8 +275,48 @@ class Controller:
         if self.ctx.stop_requested:
             logging.info("stopped at step %d: %s", step, self.ctx.stop_reason)
         self._dispatch("end")
+        if tr.overfit_batches:
+            self._report_overfit(step)
+        # After the end hooks (restore-best): the test set sees the final model, exactly once.
+        if self.cfg.task.test_data.name and not self._preempted.is_set():
+            self._test_once(step)
         self.summaries.close()
         return step
+
+    def _test_once(self, step: int) -> None:
+        try:
+            self.test(step=step)
+        except ValueError as e:
+            raise TestDataError(f"{e} (training finished at step {step} and is checkpointed in {self.model_dir}; "
+                                "fix task.test_data and rerun the same command to evaluate the test set)") from None
+
+    def test(self, *, step: int) -> dict[str, float]:
+        """Evaluates `task.test_data` once: test_metrics.json and TensorBoard `test/`, no hooks."""
+        ds, nb = self.t.test_dataset()
+        values = self.measure(ds, nb)
+        self.summaries.scalars("test", step, values)
+        summ.log(summ.log_line("test", step=step, total=self.t.total_steps, values=values))
+        summ.write_json(os.path.join(self.model_dir, "test_metrics.json"), {"step": step, **values})
+        self.test_metrics = values
+        return values
+
+    def _report_overfit(self, step: int) -> None:
+        """Whether training on `trainer.overfit_batches` batches halved the loss (overfit.json)."""
+        n = self.cfg.trainer.overfit_batches
+        if len(self._loop_losses) < 2:
+            logging.warning("trainer.overfit_batches=%d: only one inner loop ran; nothing to compare", n)
+            return
+        first, last = self._loop_losses[0], self._loop_losses[-1]
+        ok = bool(np.isfinite(last) and last <= 0.5 * first)
+        self.overfit = {"step": step, "batches": n, "first_loss": first, "last_loss": last, "overfit": ok}
+        summ.write_json(os.path.join(self.model_dir, "overfit.json"), self.overfit)
+        self.summaries.scalars("train", step, {"overfit/first_loss": first, "overfit/last_loss": last})
+        if ok:
+            logging.info("trainer.overfit_batches: the model overfits %d batch(es): loss %.4g -> %.4g", n, first, last)
+        else:
+            logging.warning("trainer.overfit_batches: the model could not overfit %d batch(es): loss %.4g -> %.4g "
+                            "(expected at most half the first loop's loss); check the model, loss and labels",
+                            n, first, last)
 
     def save(self, step: int) -> str:
         path = self.checkpointer.save(step)
@@ -316,6 +377,22 @@ class Controller:
             self._eval_ds = self.t.eval_dataset()
         ds, nb = self._eval_ds
         s = self.t.steps
+        values = self.measure(ds, nb)
+        cm = s.eval_metrics.get("_confusion")
+        if cm is not None:
+            self._per_class_report(np.asarray(cm.result()), step)
+        self.summaries.scalars("eval", step, values)
+        summ.log(summ.log_line("eval", step=step, total=self.t.total_steps, values=values))
+        self.last_eval = values
+        self.eval_history.append({"step": step, **values})
+        summ.write_json(os.path.join(self.model_dir, "metrics.json"), {"step": step, **values})
+        self.ctx.eval_logs = values
+        self._dispatch("eval_end")
+        return values
+
+    def measure(self, ds: Any, nb: int) -> dict[str, float]:
+        """Loss and metrics of `nb` batches of `ds` (with the EMA weights if any); no files, no hooks."""
+        s = self.t.steps
         s.reset_eval_metrics()
         s.swap_ema()
         try:
@@ -327,16 +404,6 @@ class Controller:
             v = _scalar(m.result())
             if v is not None:
                 values[name] = v
-        cm = s.eval_metrics.get("_confusion")
-        if cm is not None:
-            self._per_class_report(np.asarray(cm.result()), step)
-        self.summaries.scalars("eval", step, values)
-        summ.log(summ.log_line("eval", step=step, total=self.t.total_steps, values=values))
-        self.last_eval = values
-        self.eval_history.append({"step": step, **values})
-        summ.write_json(os.path.join(self.model_dir, "metrics.json"), {"step": step, **values})
-        self.ctx.eval_logs = values
-        self._dispatch("eval_end")
         return values
 
 

@@ -18,12 +18,17 @@ from typing import Any, Sequence
 from absl import app, flags, logging
 
 from framework.config import STRATEGIES
+from framework.smoke import SmokeError  # stdlib only: no TensorFlow before the flags are checked
 
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("experiment", None, "Registered experiment name.")
 flags.DEFINE_string("model_dir", None, "Directory for checkpoints, summaries, params.yaml, metrics.json.")
-flags.DEFINE_enum("mode", "train_and_eval", ["train_and_eval", "train", "eval", "lr_find", "inspect"], "What to run.")
+flags.DEFINE_enum("mode", "train_and_eval",
+                  ["train_and_eval", "train", "eval", "lr_find", "inspect", "smoke", "cross_validate"], "What to run.")
+flags.DEFINE_integer("folds", 5, "--mode=cross_validate: number of folds K.", lower_bound=2)
+flags.DEFINE_bool("find_label_issues", False, "--mode=cross_validate: rank likely label errors from the "
+                                              "out-of-fold predictions with cleanlab (label_issues.csv).")
 flags.DEFINE_multi_string("config_file", [], "YAML/JSON config file; repeatable, applied in order.")
 flags.DEFINE_multi_string("params_override", [],
                           "'a.b=1,c.d=x' pairs or a YAML/JSON mapping; applied last (repeatable).")
@@ -113,7 +118,7 @@ def run(cfg: Any, *, model_dir: str, mode: str, hparams: dict | None = None) -> 
     if cfg.runtime.cpu_replicas:
         dist.setup_logical_cpus(cfg.runtime.cpu_replicas)
     chief = dist.is_chief(cfg.runtime)
-    if mode != "lr_find" and chief:
+    if mode not in ("lr_find", "smoke") and chief:
         config_lib.save(cfg, os.path.join(model_dir, "params.yaml"))
     try:
         strategy = dist.make_strategy(cfg.runtime)
@@ -147,12 +152,19 @@ def _run_built(cfg: Any, strategy: Any, *, model_dir: str, mode: str, hparams: d
     from framework import trainer as trainer_lib
 
     try:
+        if mode == "smoke":
+            from framework import smoke
+
+            cfg = smoke.smoke_config(cfg)
         # Hooks first: their kwargs are checked before the (slower) data and model build.
         hooks = build_hooks(cfg.hooks)
         trainer = trainer_lib.build(cfg, strategy)
     except (ValueError, KeyError) as e:  # config that only the data or model can refute
         raise UserError(str(e)) from None
     logging.info("parameter groups:\n%s", trainer.groups.format())
+    if mode == "smoke":
+        report = smoke.run(trainer, hooks=hooks, model_dir=model_dir)
+        return {"step": report["step"], "smoke": report}
     if mode == "lr_find":
         from framework import lr_find
 
@@ -173,6 +185,8 @@ def _run_built(cfg: Any, strategy: Any, *, model_dir: str, mode: str, hparams: d
         step = ctl.train(evaluate=mode == "train_and_eval")
     except ckpt_lib.CheckpointError as e:  # unreadable / different-model checkpoints, a failed save
         raise UserError(str(e)) from None
+    except controller_lib.TestDataError as e:  # the test set at the end of a finished run could not be read
+        raise UserError(str(e)) from None
     except (OSError, tf.errors.OpError) as e:
         # A full or read-only model_dir met by another write (event files, metrics.json): one clear
         # line naming the file, not a traceback. Errors about anything else are not ours to hide.
@@ -182,7 +196,8 @@ def _run_built(cfg: Any, strategy: Any, *, model_dir: str, mode: str, hparams: d
         reason = ckpt_lib.first_line(text)
         raise UserError(f"cannot write to --model_dir {model_dir!r} ({reason}); the latest complete checkpoint "
                         f"is still {ctl.checkpointer.latest or 'none'}") from None
-    return {"step": step, "eval": ctl.last_eval, "history": ctl.eval_history}
+    return {"step": step, "eval": ctl.last_eval, "history": ctl.eval_history, "test": ctl.test_metrics,
+            "overfit": ctl.overfit, "controller": ctl}
 
 
 def _inspect(cfg: Any, *, model_dir: str) -> dict[str, Any]:
@@ -255,15 +270,23 @@ def main(argv: Sequence[str]) -> int:
         model_dir = check_model_dir(FLAGS.model_dir)
         if FLAGS.sweep:
             return _sweep(model_dir)
+        if FLAGS.mode == "cross_validate":
+            return _cross_validate(model_dir)
         result = run(cfg, model_dir=model_dir, mode=FLAGS.mode)
     except UserError as e:
         print(f"tapeline: error: {e}", file=sys.stderr)
         return 2
+    except SmokeError as e:
+        print(f"tapeline: {e}", file=sys.stderr)
+        return 1
     if FLAGS.mode == "inspect":
         print("\n".join(result["summary"]))
         what = "report and image grids" if result["images"] else "report"
         print(f"tapeline: data report {result['report']} and {result['markdown']}; "
               f"TensorBoard ({what}): tensorboard --logdir {result['logdir']}")
+        return 0
+    if FLAGS.mode == "smoke":
+        print(f"tapeline: smoke passed; {os.path.join(model_dir, 'smoke.json')} (nothing else kept)")
         return 0
     print(f"tapeline: done at step {result.get('step')}; TensorBoard logs: tensorboard --logdir {model_dir}")
     return 0
@@ -294,6 +317,34 @@ def _sweep(model_dir: str) -> int:
         return 2
     print(f"tapeline: sweep of {len(rows)} runs done; {os.path.join(model_dir, 'sweep.md')}; "
           f"TensorBoard logs: tensorboard --logdir {model_dir}")
+    return 0
+
+
+def _cross_validate(model_dir: str) -> int:
+    from framework import cross_validate
+
+    def resolve(override: dict) -> Any:
+        return resolve_config(experiment=FLAGS.experiment, imports=FLAGS["import"].value,
+                              config_files=FLAGS.config_file, overrides=[*FLAGS.params_override, json.dumps(override)],
+                              runtime_flags={"strategy": FLAGS.strategy, "tpu": FLAGS.tpu,
+                                             "num_gpus": FLAGS.num_gpus, "cpu_replicas": FLAGS.cpu_replicas})
+
+    def run_one(override: dict, sub_dir: str) -> dict[str, Any]:
+        return run(resolve(override), model_dir=check_model_dir(sub_dir), mode="train_and_eval")
+
+    try:
+        for i in range(FLAGS.folds):  # every fold's config resolves before the first sub-run starts
+            resolve(cross_validate.fold_override(FLAGS.folds, i))
+        report = cross_validate.run(folds=FLAGS.folds, model_dir=model_dir, run_one=run_one,
+                                    find_label_issues=FLAGS.find_label_issues)
+    except (ValueError, UserError) as e:
+        print(f"tapeline: error: {e}", file=sys.stderr)
+        return 2
+    except cross_validate.Preempted as e:  # like a preempted run: stop now, the rerun resumes
+        print(f"tapeline: {e}", file=sys.stderr)
+        return 0
+    means = ", ".join(f"{k} {v:.4f}" for k, v in report["mean"].items())
+    print(f"tapeline: {FLAGS.folds}-fold cross-validation done (mean {means}); {os.path.join(model_dir, 'cv.md')}")
     return 0
 
 

@@ -55,18 +55,32 @@ class Trainer:
     num_eval_examples: int
     batches_per_step: int
     jit_reason: str
+    # Positions in the training source of the eval examples carved out by task.validation_split
+    # or task.cv_fold (None when eval_data is its own source).
+    eval_indices: np.ndarray | None = None
+    # Per-example draw weights of task.train_data.sampling (None: a plain permutation per epoch).
+    sample_weights: np.ndarray | None = None
+    # Class -> frequency among the first epoch's draws (logged and summarized by the controller).
+    sampled_frequencies: dict[int, float] | None = None
 
     def train_dataset(self, *, start_step: int) -> Any:
         """Distributed training batches positioned at `start_step` (exact resume)."""
         d = self.cfg.task.train_data
         n = self.num_train_examples
 
+        overfit = self.cfg.trainer.overfit_batches
+        start_batch = start_step * self.batches_per_step
+
         def make() -> tf.data.Dataset:
-            return pipeline.train_stream(
+            ds = pipeline.train_stream(
                 self.train_source, global_batch=d.batch_size, seed=self.cfg.trainer.seed,
                 shuffle_buffer=d.shuffle_buffer, cache=d.cache, num_examples=n,
-                start_batch=start_step * self.batches_per_step,
-                augment=getattr(self.train_source, "_tapeline_augment", None))
+                start_batch=0 if overfit else start_batch,
+                augment=getattr(self.train_source, "_tapeline_augment", None), sample_weights=self.sample_weights)
+            if overfit:
+                # The same first N global batches, over and over (cached: augmentation frozen too).
+                ds = ds.take(overfit).cache().repeat().skip(start_batch % overfit)
+            return ds
 
         return pipeline.distribute(self.strategy, make)
 
@@ -86,6 +100,24 @@ class Trainer:
         if self.cfg.trainer.eval_steps is not None:
             nb = min(nb, self.cfg.trainer.eval_steps)
         return ds, nb
+
+    def test_dataset(self) -> tuple[Any, int]:
+        """(distributed test batches, number of batches): `task.test_data`, read here for the first time."""
+        d = self.cfg.task.test_data
+        source = _dataset(d, "test", "task.test_data")
+        n = pipeline.count(source, name="task.test_data")
+        if n < 0:
+            raise ValueError("task.test_data: the test dataset is infinite; it must be finite")
+        check_inputs(self.model, source.element_spec[0], name="task.test_data")
+        if "sparse" in self.cfg.task.loss.name:
+            pipeline.check_sparse_labels(pipeline.labels_array(source), num_classes=self.num_classes,
+                                         name="task.test_data")
+
+        def make() -> tf.data.Dataset:
+            return pipeline.eval_batches(source, global_batch=d.batch_size, cache=d.cache, num_examples=n,
+                                         name="task.test_data")[0]
+
+        return pipeline.distribute(self.strategy, make), math.ceil(n / d.batch_size)
 
     def group_lrs(self, step: int) -> dict[str, float]:
         """Current learning rate of every parameter group (for summaries and the log)."""
@@ -182,7 +214,8 @@ def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, *,
     """Builds the run described by `cfg` under `strategy`."""
     t, tr, o = cfg.task, cfg.trainer, cfg.optimizer
     replicas = strategy.num_replicas_in_sync
-    for key, d in (("task.train_data", t.train_data), ("task.eval_data", t.eval_data)):
+    for key, d in (("task.train_data", t.train_data), ("task.eval_data", t.eval_data),
+                   ("task.test_data", t.test_data)):
         if d.batch_size % replicas:
             raise ValueError(f"{key}.batch_size: the global batch must divide evenly over "
                              f"{replicas} replicas; got {d.batch_size}")
@@ -194,9 +227,15 @@ def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, *,
     else:
         keras.mixed_precision.set_global_policy("float32")
 
+    if t.test_data.name:  # name and kwargs checked now; the factory itself runs only at the end
+        registry.check_kwargs(registry.DATASETS.get(t.test_data.name), t.test_data.kwargs,
+                              section="task.test_data", reserved=("split",))
     train_source = _dataset(t.train_data, "train", "task.train_data")
     n_train = pipeline.count(train_source, name="task.train_data")
     eval_source, n_eval = None, 0
+    train_source, eval_source, eval_indices = _carve_eval(cfg, train_source, n_train)
+    if eval_indices is not None:
+        n_train, n_eval = int(train_source.cardinality()), len(eval_indices)
     if t.eval_data.name:
         eval_source = _dataset(t.eval_data, "eval", "task.eval_data")
         n_eval = pipeline.count(eval_source, name="task.eval_data")
@@ -258,6 +297,8 @@ def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, *,
             logging.info("class weights (%s): %s", t.class_weight if isinstance(t.class_weight, str) else "given",
                          ", ".join(f"{i}: {w:.4g}" for i, w in enumerate(class_weights)))
 
+    sample_weights, sampled = _sampling(cfg, train_source, n_train)
+
     variables = list(model.trainable_variables)
     if not variables:
         raise ValueError(f"task.model: {t.model.name!r} has no trainable variables")
@@ -296,7 +337,66 @@ def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, *,
                    groups=table, steps=steps, global_step=global_step, lr_multipliers=lr_multipliers,
                    lr_factor=lr_factor, schedule=schedule, total_steps=total_steps, num_train_examples=n_train,
                    num_classes=num_classes, train_source=train_source, eval_source=eval_source,
-                   num_eval_examples=n_eval, batches_per_step=batches_per_step, jit_reason=reason)
+                   num_eval_examples=n_eval, batches_per_step=batches_per_step, jit_reason=reason,
+                   eval_indices=eval_indices, sample_weights=sample_weights, sampled_frequencies=sampled)
+
+
+def _carve_eval(cfg: ExperimentConfig, source: tf.data.Dataset,
+                n: int) -> tuple[tf.data.Dataset, tf.data.Dataset | None, np.ndarray | None]:
+    """(train source, eval source, eval positions) for task.validation_split / task.cv_fold.
+
+    Without either, returns (source, None, None). The indices depend only on the labels and
+    `trainer.seed` (see framework.data.split), so every process carves the same parts.
+    """
+    from framework.data import split as split_lib
+
+    t = cfg.task
+    if t.validation_split is None and not t.cv_fold:
+        return source, None, None
+    key = "task.validation_split" if t.validation_split is not None else "task.cv_fold"
+    if n < 0:
+        raise ValueError(f"{key}: the training set is infinite; give task.eval_data instead; got {n} examples")
+    labels = pipeline.labels_array(source)
+    stratify = _is_classification(t.loss.name)
+    if t.validation_split is not None:
+        train_idx, eval_idx = split_lib.validation_indices(labels, fraction=t.validation_split,
+                                                           seed=cfg.trainer.seed, stratify=stratify)
+    else:
+        folds = split_lib.fold_indices(labels, folds=t.cv_fold["folds"], seed=cfg.trainer.seed, stratify=stratify)
+        train_idx, eval_idx = folds[t.cv_fold["index"]]
+    train = pipeline.subset(source, train_idx, num_examples=n)
+    train._tapeline_augment = getattr(source, "_tapeline_augment", None)  # noqa: SLF001 - carried to train_stream
+    held = pipeline.subset(source, eval_idx, num_examples=n)
+    logging.info("%s: %d training and %d eval examples carved from task.train_data (%s, seed %d)", key,
+                 len(train_idx), len(eval_idx), "stratified" if stratify else "random", cfg.trainer.seed)
+    return train, held, eval_idx
+
+
+def _sampling(cfg: ExperimentConfig, source: tf.data.Dataset, n: int) -> tuple[np.ndarray | None, dict | None]:
+    """(per-example draw weights, class -> frequency drawn in epoch 0) of task.train_data.sampling."""
+    spec = cfg.task.train_data.sampling
+    if spec is None:
+        return None, None
+    if not pipeline.can_sample(source, n):
+        raise ValueError(f"task.train_data.sampling: needs a finite training set held in memory (at most "
+                         f"{pipeline.IN_MEMORY_BYTES // 2**20} MiB); got {n} examples")
+    from framework.data import split as split_lib
+
+    labels = pipeline.labels_array(source)
+    weights = pipeline.sampling_weights(spec, labels)
+    ids = split_lib.class_ids(labels)
+    drawn = ids[pipeline.draw_epoch(pipeline.sampling_cdf(weights), seed=cfg.trainer.seed, epoch=0).numpy()]
+    k = int(ids.max()) + 1
+    freq = np.bincount(drawn, minlength=k) / n
+    natural = np.bincount(ids, minlength=k) / n
+    sampled = {c: float(freq[c]) for c in range(k)}
+    logging.info("task.train_data.sampling=%s: class frequencies drawn in epoch 0: %s (in the source: %s)",
+                 spec if isinstance(spec, str) else "given", ", ".join(f"{c}: {f:.3f}" for c, f in sampled.items()),
+                 ", ".join(f"{c}: {f:.3f}" for c, f in enumerate(natural)))
+    if cfg.task.class_weight is not None:
+        logging.warning("task.train_data.sampling and task.class_weight are both set: the class balance is "
+                        "corrected twice")
+    return weights, sampled
 
 
 def _spec_text(spec: Any) -> str:

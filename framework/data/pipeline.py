@@ -75,7 +75,8 @@ def _check_static(ds: tf.data.Dataset, name: str) -> None:
 
 def train_stream(source: tf.data.Dataset, *, global_batch: int, seed: int, shuffle_buffer: int,
                  cache: bool, start_batch: int = 0, num_examples: int | None = None,
-                 name: str = "task.train_data", augment: Callable | None = None) -> tf.data.Dataset:
+                 name: str = "task.train_data", augment: Callable | None = None,
+                 sample_weights: np.ndarray | None = None) -> tf.data.Dataset:
     """Infinite dataset of global batches, positioned at global batch `start_batch`.
 
     Args:
@@ -90,13 +91,20 @@ def train_stream(source: tf.data.Dataset, *, global_batch: int, seed: int, shuff
       augment: optional `fn((x, y, w), seed) -> (x, y, w)` applied after the cache, with a
         stateless seed of (epoch, position in epoch): each epoch sees new augmentations and a
         resumed run sees exactly the ones an uninterrupted run would.
+      sample_weights: optional per-example draw weights (`sampling_weights`): each epoch is then
+        n draws with replacement in proportion to them instead of a permutation (needs an
+        in-memory source: see `can_sample`).
     """
     _check_static(source, name)
     n = count(source, name=name) if num_examples is None else num_examples
-    if cache and augment is None and 0 < n and _nbytes(source, n) <= IN_MEMORY_BYTES \
-            and tf.executing_eagerly():
+    if sample_weights is not None or (cache and augment is None and 0 < n and _nbytes(source, n) <= IN_MEMORY_BYTES
+                                      and tf.executing_eagerly()):
+        if sample_weights is not None and not can_sample(source, n):
+            raise ValueError(f"{name}.sampling: needs a finite source of at most {IN_MEMORY_BYTES // 2**20} MiB "
+                             f"(it is drawn from in memory); got {n} examples of {_nbytes(source, max(n, 0)):,} bytes")
         return _indexed_stream(source, n=n, global_batch=global_batch, seed=seed,
-                               shuffle=shuffle_buffer > 1, start_batch=start_batch)
+                               shuffle=shuffle_buffer > 1, start_batch=start_batch, sample_weights=sample_weights,
+                               augment=augment if sample_weights is not None else None)
     if cache:
         source = source.cache()
     if n > 0:
@@ -126,36 +134,110 @@ def train_stream(source: tf.data.Dataset, *, global_batch: int, seed: int, shuff
     return ds
 
 
+def can_sample(source: tf.data.Dataset, n: int) -> bool:
+    """Whether `task.train_data.sampling` can draw from `source` (finite, held in memory)."""
+    return 0 < n and _nbytes(source, n) <= IN_MEMORY_BYTES
+
+
 def _nbytes(source: tf.data.Dataset, n: int) -> int:
     return n * sum(int(np.prod(s.shape)) * s.dtype.size for s in tf.nest.flatten(source.element_spec))
 
 
 def _indexed_stream(source: tf.data.Dataset, *, n: int, global_batch: int, seed: int, shuffle: bool,
-                    start_batch: int) -> tf.data.Dataset:
+                    start_batch: int, sample_weights: np.ndarray | None = None,
+                    augment: Callable | None = None) -> tf.data.Dataset:
     """`train_stream` for a cached in-memory source: the same stream contract, batched by index.
 
     Epoch e is the permutation of the n rows drawn with the stateless seed (`seed`, e) (the
-    whole source, whatever the shuffle buffer: it only bounds the memory of streamed sources).
+    whole source, whatever the shuffle buffer: it only bounds the memory of streamed sources),
+    or with `sample_weights` the n weighted draws of `draw_epoch(seed, e)`. `augment` (only
+    with sampling) runs per example after the gather, seeded like `train_stream`'s.
     """
     arrays = tuple(tf.nest.flatten(next(iter(source.batch(n)))))  # one read of the source
     structure = source.element_spec
     first_epoch, offset = divmod(start_batch * global_batch, n)
+    cdf = None if sample_weights is None else sampling_cdf(sample_weights)
 
     @_no_autograph
     def order(e: tf.Tensor) -> tf.Tensor:
         ids = tf.range(n, dtype=tf.int64)
-        if shuffle:
+        if cdf is not None:
+            ids = draw_epoch(cdf, seed=seed, epoch=e)
+        elif shuffle:
             ids = tf.random.experimental.stateless_shuffle(ids, seed=tf.stack([tf.constant(seed, tf.int64), e]))
         # The resume position: the first epoch starts at its first unconsumed example.
-        return ids[tf.where(tf.equal(e, first_epoch), tf.constant(offset, tf.int64), 0):]
+        start = tf.where(tf.equal(e, first_epoch), tf.constant(offset, tf.int64), 0)
+        if augment is None:
+            return ids[start:]
+        pos = tf.range(start, n, dtype=tf.int64)
+        keys = tf.stack([tf.fill(tf.shape(pos), tf.constant(seed, tf.int64) * 1_000_003 + e), pos], axis=1)
+        return ids[start:], keys
 
     @_no_autograph
-    def gather(ids: tf.Tensor) -> Any:
-        return tf.nest.pack_sequence_as(structure, [tf.gather(a, ids) for a in arrays])
+    def gather(ids: tf.Tensor, keys: Any = None) -> Any:
+        batch = tf.nest.pack_sequence_as(structure, [tf.gather(a, ids) for a in arrays])
+        return batch if keys is None else (batch, keys)
 
     ids = tf.data.Dataset.range(first_epoch, tf.int64.max).map(order)
-    return ids.rebatch(global_batch, drop_remainder=True).map(
+    ds = ids.rebatch(global_batch, drop_remainder=True).map(
         gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if augment is None:
+        return ds
+    return ds.unbatch().map(lambda elem, key: augment(elem, key),
+                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(
+        global_batch, drop_remainder=True)
+
+
+def sampling_weights(spec: Any, labels: np.ndarray, *, name: str = "task.train_data.sampling") -> np.ndarray:
+    """Per-example draw weights for `task.train_data.sampling` (null gives None).
+
+    `balanced` weighs each example by 1/(its class's count), so every class present is drawn
+    equally often; `{class: weight}` multiplies the draw weight of that class's examples (others
+    keep 1), so `{1: 5}` draws class-1 examples five times as often as in the source.
+
+    Raises:
+      ValueError: labels that are not one class id per example, or weights leaving nothing to draw.
+    """
+    from framework.data import split as split_lib
+
+    ids = split_lib.class_ids(labels)
+    if ids is None:
+        raise ValueError(f"{name}: expected class-id labels (one integer per example); got labels of shape "
+                         f"{list(np.shape(labels))} dtype {np.asarray(labels).dtype}")
+    counts = np.bincount(ids)
+    if spec == "balanced":
+        w = 1.0 / counts[ids]
+    else:
+        per_class = np.ones(max(len(counts), 1 + max(int(k) for k in spec)))
+        for k, v in spec.items():
+            per_class[int(k)] = float(v)
+        w = per_class[ids]
+    if not np.any(w > 0):
+        raise ValueError(f"{name}: the weights give every training example probability 0; got {spec!r}")
+    return w.astype(np.float64)
+
+
+def sampling_cdf(weights: np.ndarray) -> tf.Tensor:
+    """The cumulative draw distribution of per-example weights (float64, last entry 1)."""
+    p = np.asarray(weights, np.float64)
+    c = np.cumsum(p / p.sum())
+    c[-1] = 1.0
+    return tf.constant(c, tf.float64)
+
+
+def draw_epoch(cdf: tf.Tensor, *, seed: int, epoch: Any) -> tf.Tensor:
+    """Epoch `epoch`'s n weighted draws with replacement (int64 row ids): a function of (seed, epoch).
+
+    Inverse-CDF sampling of stateless uniforms seeded by (seed, epoch): O(n log n), the same
+    indices in every run, so a resumed run skips to exactly the batches it had not consumed.
+    """
+    n = tf.shape(cdf, out_type=tf.int64)[0]
+    e = tf.cast(epoch, tf.int64)
+    # A seed distinct from the permutation's (seed, e) stream.
+    u = tf.random.stateless_uniform(tf.reshape(n, [1]), seed=tf.stack([tf.constant(seed, tf.int64) + 7919, e]),
+                                    dtype=tf.float64)
+    ids = tf.searchsorted(cdf, u, side="right", out_type=tf.int64)
+    return tf.minimum(ids, n - 1)
 
 
 def eval_batches(source: tf.data.Dataset, *, global_batch: int, cache: bool,
@@ -217,6 +299,16 @@ def distribute(strategy: tf.distribute.Strategy, make: Callable[[], tf.data.Data
 
     return strategy.distribute_datasets_from_function(
         fn, options=tf.distribute.InputOptions(experimental_fetch_to_device=True))
+
+
+def subset(source: tf.data.Dataset, indices: np.ndarray, *, num_examples: int) -> tf.data.Dataset:
+    """The elements of a finite `source` at `indices` (sorted), in source order, cardinality known."""
+    mask = np.zeros(num_examples, bool)
+    mask[np.asarray(indices, np.int64)] = True
+    keep = tf.constant(mask)
+    ds = source.enumerate().filter(_no_autograph(lambda i, elem: tf.gather(keep, i)))
+    ds = ds.map(_no_autograph(lambda i, elem: elem), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.apply(tf.data.experimental.assert_cardinality(int(mask.sum())))
 
 
 def labels_array(source: tf.data.Dataset, *, limit: int = 2_000_000) -> np.ndarray:

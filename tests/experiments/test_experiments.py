@@ -75,6 +75,7 @@ def _data_overrides(name: str, data_root: str) -> list[str]:
 def test_the_library_is_registered():
     assert {"digits_cnn", "linear_regression", "sine_regression", "optimizer_comparison", "digits_augment",
             "digits_separable", "digits_pretrain", "transfer_digits", "imbalanced_cancer", "regularized_mlp",
+            "imbalanced_cancer_protocol",
             "image_folder", "image_folder_tfrecord"} <= set(NAMES)
 
 
@@ -284,6 +285,19 @@ def test_imbalanced_cancer_train_split_is_one_to_ten():
     assert len(ev) == len(y_eval) and ev.sum() == int((y_eval == 0).sum()) and ev.mean() > 0.25
     # The same seed gives the same subset.
     np.testing.assert_array_equal(train, labels("train"))
+
+
+def test_imbalanced_cancer_protocol_carves_validation_and_tests_once(tmp_path):
+    from experiments import tabular
+
+    _run("imbalanced_cancer_protocol", str(tmp_path), "task.train_data.sampling=balanced")
+    test = json.loads((tmp_path / "test_metrics.json").read_text())
+    assert test["step"] == 4 and all(math.isfinite(v) for v in test.values())
+    cfg = _resolve("imbalanced_cancer_protocol")
+    assert cfg.task.validation_split == 0.25 and not cfg.task.eval_data.name
+    # The test split is the untouched held-out quarter (what imbalanced_cancer evaluates on).
+    rows = lambda split: np.concatenate([x for x, _ in tabular.imbalanced_cancer(split).batch(1000)])
+    np.testing.assert_array_equal(rows("test"), rows("eval"))
 
 
 # ----------------------------------------------------------------------------------- sweeps
