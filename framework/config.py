@@ -90,6 +90,7 @@ class TrainerConfig:
     phases: list = dataclasses.field(default_factory=list)
     freeze_bn_in_frozen_groups: bool = True
     ema_decay: Optional[float] = None  # exponential moving average of weights; eval uses it
+    export: bool = True  # end every run with model_dir/export/ (model.keras + saved_model/)
 
 
 @dataclasses.dataclass

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import keras
 import tensorflow as tf
@@ -138,6 +138,7 @@ class Steps:
         self.traces: collections.Counter = collections.Counter()
         self._train_fns: dict[tuple, Any] = {}
         self._eval_fn = None
+        self._scored_depth = 0  # nesting of `scored_weights()` blocks
         with strategy.scope():
             self.loss_mean = keras.metrics.Mean(name="loss")
             self.eval_loss_mean = keras.metrics.Mean(name="loss")
@@ -451,3 +452,35 @@ class Steps:
             tmp = tv.read_value()
             tv.assign(e.read_value())
             e.assign(tmp)
+
+    def reset_ema(self) -> None:
+        """Restarts the EMA from the model's current weights (no-op without EMA).
+
+        The EMA copies are made when the Steps are built, from the freshly initialized model;
+        weights loaded afterwards (`task.init_checkpoint`, early stopping's best weights) must
+        become the average's starting point, or it keeps averaging towards random weights.
+        """
+        if self.ema is None:
+            return
+        for e, v in zip(self.ema, self.variables):
+            e.assign(_native(v).read_value())
+
+    @contextlib.contextmanager
+    def scored_weights(self) -> Iterator[None]:
+        """Within the block the model holds the weights that evaluation scores.
+
+        The rule: the model that was scored is the model that is kept and exported. With
+        `trainer.ema_decay` set those are the EMA weights (swapped in on entry, the training
+        weights swapped back on exit, also on an exception); without EMA the block changes
+        nothing. Evaluation, early stopping's best weights, `best/` checkpoints and the export
+        all read the model inside this block. Nested blocks swap only once.
+        """
+        self._scored_depth += 1
+        if self._scored_depth == 1:
+            self.swap_ema()
+        try:
+            yield
+        finally:
+            self._scored_depth -= 1
+            if self._scored_depth == 0:
+                self.swap_ema()
