@@ -205,6 +205,13 @@ class Steps:
                 loss += tf.nn.scale_regularization_loss(tf.add_n([tf.cast(l, tf.float32) for l in self.model.losses]))
             scaled = loss * self.loss_scale if self.loss_scaling else loss
         grads = tape.gradient(scaled, variables)
+        # Sparse gradients (an Embedding's IndexedSlices) become dense here, once, so that every
+        # stage after this one (loss-scale division, accumulation sums, the cross-replica sum,
+        # clipping norms, the non-finite check, gated writes) sees plain tensors. Chosen over
+        # accumulating IndexedSlices by concatenation: that grows with every micro-batch and
+        # replica, repeats indices that clipping must sum anyway, and Keras's optimizers (Adam's
+        # moments) densify the update regardless; the cost is one table-sized add per step.
+        grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
         if self.loss_scaling:
             grads = [None if g is None else tf.cast(g, tf.float32) / self.loss_scale for g in grads]
         return loss, pred32, y2, grads
