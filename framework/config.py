@@ -89,7 +89,7 @@ class TrainerConfig:
     max_restores: int = 3
     phases: list = dataclasses.field(default_factory=list)
     freeze_bn_in_frozen_groups: bool = True
-    ema_decay: Optional[float] = None  # exponential moving average of weights; eval uses it
+    ema_decay: Optional[float] = None  # EMA of the weights; eval, best weights and the export use it
     export: bool = True  # end every run with model_dir/export/ (model.keras + saved_model/)
 
 

@@ -109,7 +109,7 @@ def test_kept_and_exported_models_are_the_scored_ema_models(tmp_path, jit):
 
 
 def test_export_without_early_stopping_holds_the_final_ema_weights(tmp_path):
-    t, ctl = _run(_cfg(16, trainer={"ema_decay": DECAY}), tmp_path)
+    t, _ = _run(_cfg(16, trainer={"ema_decay": DECAY}), tmp_path)
     final = json.loads((tmp_path / "metrics.json").read_text())
     exported = keras.saving.load_model(str(tmp_path / "export" / "model.keras"), safe_mode=True)
     assert _log_loss(exported) == pytest.approx(final["loss"], rel=1e-5)

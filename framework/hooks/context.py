@@ -1,7 +1,8 @@
-"""RunContext: what a hook sees and may change (step, last logs, stop, LR factor, save)."""
+"""RunContext: what a hook sees and may change (step, logs, stop, LR factor, weights, scored weights)."""
 from __future__ import annotations
 
-from typing import Any, Callable, ContextManager
+import contextlib
+from typing import Any, Callable
 
 
 class RunContext:
@@ -62,7 +63,7 @@ class RunContext:
         for v, w in zip(self._c.t.model.variables, weights):
             v.assign(w)
 
-    def scored_weights(self) -> ContextManager[None]:
+    def scored_weights(self) -> contextlib.AbstractContextManager[None]:
         """A block within which the model holds the weights that evaluation scores.
 
         The rule: the model that was scored is the model that is kept and exported. With

@@ -47,7 +47,7 @@ def check_exportable(model: Any, *, key: str = "trainer.export") -> None:
     Each layer class (the model's own included) must be Keras's own or registered
     serializable, and no `Lambda` layer (arbitrary code, refused by safe mode) may be used.
     """
-    for layer in model._flatten_layers(include_self=True):  # noqa: SLF001 - Keras's layer walk
+    for layer in model._flatten_layers(include_self=True):  # Keras's own walk over every layer
         cls = type(layer)
         if isinstance(layer, keras.layers.Lambda):
             raise ValueError(f"{key}: layer {layer.name!r} is a Lambda layer, which "
