@@ -162,6 +162,7 @@ def _run_built(cfg: Any, strategy: Any, *, model_dir: str, mode: str, hparams: d
     import tensorflow as tf
 
     from framework import checkpoint as ckpt_lib
+    from framework.hooks import export as export_lib
 
     ctl = controller_lib.Controller(trainer=trainer, model_dir=model_dir, hooks=hooks)
     ctl.handle_sigterm()
@@ -174,6 +175,8 @@ def _run_built(cfg: Any, strategy: Any, *, model_dir: str, mode: str, hparams: d
             return {"step": int(trainer.global_step.numpy()), "eval": ctl.evaluate()}
         step = ctl.train(evaluate=mode == "train_and_eval")
     except ckpt_lib.CheckpointError as e:  # unreadable / different-model checkpoints, a failed save
+        raise UserError(str(e)) from None
+    except export_lib.ExportError as e:  # checked before training: the export would not load
         raise UserError(str(e)) from None
     except (OSError, tf.errors.OpError) as e:
         # A full or read-only model_dir met by another write (event files, metrics.json): one clear

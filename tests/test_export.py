@@ -125,6 +125,8 @@ def test_an_unregistered_custom_layer_is_refused_before_training(tmp_path):
                                          r"register_keras_serializable"):
         controller_lib.Controller(trainer=t, model_dir=str(tmp_path)).train(evaluate=False)
     assert int(t.global_step.numpy()) == 0 and not os.path.exists(tmp_path / "checkpoint")
+    with pytest.raises(main_lib.UserError, match=r"trainer\.export: layer 'doubled'"):  # main exits 2
+        main_lib.run(cfg, model_dir=main_lib.check_model_dir(str(tmp_path / "main")), mode="train")
     # With the export off the same model trains.
     cfg.trainer.export = False
     t = trainer_lib.build(cfg, tf.distribute.get_strategy())

@@ -41,8 +41,12 @@ def export_model(model, directory: str) -> dict[str, str]:
     return {"keras": keras_path, "saved_model": sm_path}
 
 
+class ExportError(ValueError):
+    """The model could not be exported loadably (a user's mistake: main exits with status 2)."""
+
+
 def check_exportable(model: Any, *, key: str = "trainer.export") -> None:
-    """Raises ValueError unless `model.keras` of `model` will load with `safe_mode=True`.
+    """Raises ExportError unless `model.keras` of `model` will load with `safe_mode=True`.
 
     Each layer class (the model's own included) must be Keras's own or registered
     serializable, and no `Lambda` layer (arbitrary code, refused by safe mode) may be used.
@@ -50,13 +54,13 @@ def check_exportable(model: Any, *, key: str = "trainer.export") -> None:
     for layer in model._flatten_layers(include_self=True):  # Keras's own walk over every layer
         cls = type(layer)
         if isinstance(layer, keras.layers.Lambda):
-            raise ValueError(f"{key}: layer {layer.name!r} is a Lambda layer, which "
+            raise ExportError(f"{key}: layer {layer.name!r} is a Lambda layer, which "
                              f"keras.saving.load_model(..., safe_mode=True) refuses; expected a registered "
                              f"custom layer (or {key}: false); got {cls.__name__}")
         if cls.__module__.split(".")[0] == "keras":
             continue
         if keras.saving.get_registered_object(keras.saving.get_registered_name(cls)) is not cls:
-            raise ValueError(f"{key}: layer {layer.name!r} has class {cls.__module__}.{cls.__qualname__}, which "
+            raise ExportError(f"{key}: layer {layer.name!r} has class {cls.__module__}.{cls.__qualname__}, which "
                              f"is not registered serializable, so the exported model.keras would not load; "
                              f"expected @keras.saving.register_keras_serializable(package=...) on the class "
                              f"(with get_config), or {key}: false; got an unregistered {cls.__name__}")
