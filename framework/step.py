@@ -209,8 +209,8 @@ class Steps:
         # stage after this one (loss-scale division, accumulation sums, the cross-replica sum,
         # clipping norms, the non-finite check, gated writes) sees plain tensors. Chosen over
         # accumulating IndexedSlices by concatenation: that grows with every micro-batch and
-        # replica, repeats indices that clipping must sum anyway, and Keras's optimizers (Adam's
-        # moments) densify the update regardless; the cost is one table-sized add per step.
+        # replica, repeats indices that clipping must sum anyway, and Keras's Adam densifies its
+        # moment updates regardless; the cost is one table-sized add per step and micro-batch.
         grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
         if self.loss_scaling:
             grads = [None if g is None else tf.cast(g, tf.float32) / self.loss_scale for g in grads]

@@ -55,15 +55,15 @@ def check_exportable(model: Any, *, key: str = "trainer.export") -> None:
         cls = type(layer)
         if isinstance(layer, keras.layers.Lambda):
             raise ExportError(f"{key}: layer {layer.name!r} is a Lambda layer, which "
-                             f"keras.saving.load_model(..., safe_mode=True) refuses; expected a registered "
-                             f"custom layer (or {key}: false); got {cls.__name__}")
+                              f"keras.saving.load_model(..., safe_mode=True) refuses; expected a registered "
+                              f"custom layer (or {key}: false); got {cls.__name__}")
         if cls.__module__.split(".")[0] == "keras":
             continue
         if keras.saving.get_registered_object(keras.saving.get_registered_name(cls)) is not cls:
             raise ExportError(f"{key}: layer {layer.name!r} has class {cls.__module__}.{cls.__qualname__}, which "
-                             f"is not registered serializable, so the exported model.keras would not load; "
-                             f"expected @keras.saving.register_keras_serializable(package=...) on the class "
-                             f"(with get_config), or {key}: false; got an unregistered {cls.__name__}")
+                              f"is not registered serializable, so the exported model.keras would not load; "
+                              f"expected @keras.saving.register_keras_serializable(package=...) on the class "
+                              f"(with get_config), or {key}: false; got an unregistered {cls.__name__}")
 
 
 class Export:
