@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from framework import checkpoint as ckpt_lib
 from framework import controller as controller_lib
 from framework import distribute as dist
 from framework import main as main_lib
@@ -60,6 +61,20 @@ def test_export_under_two_replicas(tmp_path):
     t = trainer_lib.build(cfg, mirrored)
     controller_lib.Controller(trainer=t, model_dir=str(tmp_path)).train(evaluate=True)
     _assert_export_serves(tmp_path, _final_model(cfg, tmp_path))
+
+
+def test_the_export_holds_early_stoppings_restored_best_weights(tmp_path):
+    from framework.hooks.early_stopping import EarlyStopping
+
+    # mode=max on the loss: the first evaluation (step 8) is the best, the second (16) stops.
+    stopper = EarlyStopping(monitor="loss", mode="max", patience=1, restore_best=True)
+    t = trainer_lib.build(_cfg(24), tf.distribute.get_strategy())
+    controller_lib.Controller(trainer=t, model_dir=str(tmp_path), hooks=[stopper]).train(evaluate=True)
+    assert stopper.best_step == 8 and int(t.global_step.numpy()) == 16
+    # Reference: the model of the step-8 checkpoint, in a fresh build.
+    ref = trainer_lib.build(_cfg(24), tf.distribute.get_strategy()).model
+    ckpt_lib.load_weights(ref, str(tmp_path / "ckpt-8"))
+    _assert_export_serves(tmp_path, ref)
 
 
 def test_export_false_leaves_no_export(tmp_path):
