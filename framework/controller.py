@@ -270,7 +270,8 @@ class Controller:
 
     def _final_export(self) -> export_lib.Export | None:
         """The end-of-run export to `model_dir/export/` (None: `trainer.export: false`, a run
-        without checkpoints such as the LR range test, or a hook already exporting there)."""
+        that must leave no checkpoint (`save_checkpoints=False`), or a configured `export` hook
+        already writing there)."""
         if not self.cfg.trainer.export or not self.save_checkpoints:
             return None
         for h in self.hooks:
