@@ -1,4 +1,5 @@
 """Built-in hooks on scripted metric sequences: early stopping, plateau, best checkpoint, export."""
+import contextlib
 import json
 import os
 
@@ -38,7 +39,6 @@ class FakeCtx:
             v.assign(w)
 
     def scored_weights(self):  # no EMA here: the scored weights are the model's
-        import contextlib
         return contextlib.nullcontext()
 
     def load_scored_weights(self, ws):
