@@ -116,3 +116,32 @@ def test_export_without_early_stopping_holds_the_final_ema_weights(tmp_path):
     assert abs(_log_loss(t.model) - final["loss"]) > 1e-3  # the model itself keeps its training weights
     for v, e in zip(t.steps.variables, t.steps.ema):
         assert not np.array_equal(v.numpy(), e.numpy())
+
+
+@pytest.mark.slow  # two CNN runs of the experiments library
+def test_transfer_digits_with_ema_scores_the_pretrained_body(tmp_path):
+    from framework import main as main_lib
+
+    small = ["trainer.steps_per_loop=2", "trainer.eval_interval=2", "trainer.checkpoint_interval=2",
+             "trainer.eval_steps=2", "task.train_data.batch_size=8", "trainer.export=false"]
+
+    def resolve(name, *overrides):
+        return main_lib.resolve_config(experiment=name, imports=[], config_files=[],
+                                       overrides=[*small, *overrides], runtime_flags={})
+
+    pre_dir = str(tmp_path / "pretrain")
+    main_lib.run(resolve("digits_pretrain", "trainer.train_steps=4"), model_dir=main_lib.check_model_dir(pre_dir),
+                 mode="train")
+    pre = trainer_lib.build(resolve("digits_pretrain"), tf.distribute.get_strategy())
+    ckpt_lib.load_weights(pre.model, pre_dir)
+    loaded = {v.path: v.numpy() for v in pre.model.trainable_variables}
+    # The experiment's first phase trains the head only: the body stays at the loaded weights.
+    cfg = resolve("transfer_digits", "trainer.train_steps=2", f"task.init_checkpoint={pre_dir}",
+                  "trainer.ema_decay=0.99")
+    t = trainer_lib.build(cfg, tf.distribute.get_strategy())
+    controller_lib.Controller(trainer=t, model_dir=str(tmp_path / "transfer")).train(evaluate=True)
+    body = [(v, e) for v, e in zip(t.steps.variables, t.steps.ema) if not v.path.startswith("head/")]
+    assert len(body) >= 6
+    for v, e in body:
+        np.testing.assert_allclose(v.numpy(), loaded[v.path], rtol=1e-6, err_msg=v.path)  # frozen
+        np.testing.assert_allclose(e.numpy(), loaded[v.path], rtol=1e-5, atol=1e-7, err_msg=v.path)
