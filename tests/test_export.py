@@ -173,3 +173,10 @@ def test_models_of_registered_experiments_export_and_load_safely(tmp_path):
         model.save(path)
         loaded = keras.saving.load_model(path, safe_mode=True)
         np.testing.assert_allclose(loaded(x, training=False), model(x, training=False), rtol=1e-6, err_msg=name)
+
+
+def test_a_non_bool_export_key_is_refused_by_the_config():
+    from framework import config as config_lib
+    with pytest.raises(config_lib.ConfigError, match=r"trainer\.export: expected bool; got 'yes please'"):
+        config_lib.resolve({"task": {"model": {"name": "m"}, "train_data": {"name": "d"}},
+                            "trainer": {"export": "yes please"}})
