@@ -100,7 +100,8 @@ class TrainerConfig:
     max_restores: int = 3
     phases: list = dataclasses.field(default_factory=list)
     freeze_bn_in_frozen_groups: bool = True
-    ema_decay: Optional[float] = None  # exponential moving average of weights; eval uses it
+    ema_decay: Optional[float] = None  # EMA of the weights; eval, best weights and the export use it
+    export: bool = True  # end every run with model_dir/export/ (model.keras + saved_model/)
     preflight_batches: int = 10  # batches of a streaming source the data pre-flight checks (0: none)
     overfit_batches: int = 0  # >0: train on the same first N batches only (a debugging run)
 

@@ -21,6 +21,7 @@ from absl import logging
 from framework import checkpoint as ckpt_lib
 from framework import summaries as summ
 from framework.hooks import RunContext
+from framework.hooks import export as export_lib
 from framework.trainer import Trainer
 
 
@@ -204,6 +205,9 @@ class Controller:
             init = self.cfg.task.init_checkpoint
             if init:
                 loaded = ckpt_lib.load_weights(self.t.model, init, mapping=self.cfg.task.init_mapping)
+                # The EMA copies were made from the random initial weights: restart the average
+                # from the loaded ones (a checkpoint restore above brings its own EMA state).
+                self.t.steps.reset_ema()
                 logging.info("initialized %d variables from %s", len(loaded), init)
         return step
 
@@ -226,6 +230,9 @@ class Controller:
         if self.t.sampled_frequencies:
             self.summaries.scalars("train", step, {f"sampling/class_{c}": f
                                                    for c, f in self.t.sampled_frequencies.items()})
+        final_export = self._final_export()
+        if final_export is not None:
+            export_lib.check_exportable(self.t.model)  # before training, not after it
         self._dispatch("begin")
         dist_ds = self.t.train_dataset(start_step=step)
         self._train_iter = iter(dist_ds)
@@ -277,11 +284,27 @@ class Controller:
         self._dispatch("end")
         if tr.overfit_batches:
             self._report_overfit(step)
+        if final_export is not None and not self._preempted.is_set():
+            # After every `end` hook (early stopping's restore-best first): the run's model.
+            # A preempted run is not finished; it exports when its resumed run ends.
+            final_export("end", self.ctx)
         # After the end hooks (restore-best): the test set sees the final model, exactly once.
         if self.cfg.task.test_data.name and not self._preempted.is_set():
             self._test_once(step)
         self.summaries.close()
         return step
+
+    def _final_export(self) -> export_lib.Export | None:
+        """The end-of-run export to `model_dir/export/` (None: `trainer.export: false`, a run
+        that must leave no checkpoint (`save_checkpoints=False`), or a configured `export` hook
+        already writing there)."""
+        if not self.cfg.trainer.export or not self.save_checkpoints:
+            return None
+        for h in self.hooks:
+            h = getattr(h, "hook", h)  # every_n_steps wrapper
+            if isinstance(h, export_lib.Export) and os.path.normpath(h.subdir) == "export":
+                return None
+        return export_lib.Export(subdir="export")
 
     def _test_once(self, step: int) -> None:
         try:
@@ -394,11 +417,8 @@ class Controller:
         """Loss and metrics of `nb` batches of `ds` (with the EMA weights if any); no files, no hooks."""
         s = self.t.steps
         s.reset_eval_metrics()
-        s.swap_ema()
-        try:
+        with s.scored_weights():
             s.eval_loop(iter(ds), nb)
-        finally:
-            s.swap_ema()
         values = {"loss": float(s.eval_loss_mean.result())}
         for name, m in s.eval_metrics.items():
             v = _scalar(m.result())

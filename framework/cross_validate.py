@@ -88,11 +88,8 @@ def _finish_fold(ctl: Any, sub: str) -> None:
     t = ctl.t
     metrics = ctl.measure(*t.eval_dataset())
     x, y = _held_out_arrays(t.eval_source)
-    t.steps.swap_ema()  # the weights evaluation uses
-    try:
+    with t.steps.scored_weights():  # the weights the fold's evaluation scored
         probs = probabilities(t, x)
-    finally:
-        t.steps.swap_ema()
     tmp = os.path.join(sub, "oof.tmp.npz")
     np.savez(tmp, indices=t.eval_indices, labels=y, probs=probs)
     os.replace(tmp, os.path.join(sub, "oof.npz"))

@@ -172,6 +172,7 @@ def _run_built(cfg: Any, strategy: Any, *, model_dir: str, mode: str, hparams: d
     import tensorflow as tf
 
     from framework import checkpoint as ckpt_lib
+    from framework.hooks import export as export_lib
 
     ctl = controller_lib.Controller(trainer=trainer, model_dir=model_dir, hooks=hooks)
     ctl.handle_sigterm()
@@ -185,7 +186,8 @@ def _run_built(cfg: Any, strategy: Any, *, model_dir: str, mode: str, hparams: d
         step = ctl.train(evaluate=mode == "train_and_eval")
     except ckpt_lib.CheckpointError as e:  # unreadable / different-model checkpoints, a failed save
         raise UserError(str(e)) from None
-    except controller_lib.TestDataError as e:  # the test set at the end of a finished run could not be read
+    except (controller_lib.TestDataError, export_lib.ExportError) as e:
+        # The test set of a finished run could not be read, or (before training) the export would not load.
         raise UserError(str(e)) from None
     except (OSError, tf.errors.OpError) as e:
         # A full or read-only model_dir met by another write (event files, metrics.json): one clear

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import keras
 import tensorflow as tf
@@ -138,6 +138,7 @@ class Steps:
         self.traces: collections.Counter = collections.Counter()
         self._train_fns: dict[tuple, Any] = {}
         self._eval_fn = None
+        self._scored_depth = 0  # nesting of `scored_weights()` blocks
         with strategy.scope():
             self.loss_mean = keras.metrics.Mean(name="loss")
             self.eval_loss_mean = keras.metrics.Mean(name="loss")
@@ -204,6 +205,13 @@ class Steps:
                 loss += tf.nn.scale_regularization_loss(tf.add_n([tf.cast(l, tf.float32) for l in self.model.losses]))
             scaled = loss * self.loss_scale if self.loss_scaling else loss
         grads = tape.gradient(scaled, variables)
+        # Sparse gradients (an Embedding's IndexedSlices) become dense here, once, so that every
+        # stage after this one (loss-scale division, accumulation sums, the cross-replica sum,
+        # clipping norms, the non-finite check, gated writes) sees plain tensors. Chosen over
+        # accumulating IndexedSlices by concatenation: that grows with every micro-batch and
+        # replica, repeats indices that clipping must sum anyway, and Keras's Adam densifies its
+        # moment updates regardless; the cost is one table-sized add per step and micro-batch.
+        grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
         if self.loss_scaling:
             grads = [None if g is None else tf.cast(g, tf.float32) / self.loss_scale for g in grads]
         return loss, pred32, y2, grads
@@ -451,3 +459,35 @@ class Steps:
             tmp = tv.read_value()
             tv.assign(e.read_value())
             e.assign(tmp)
+
+    def reset_ema(self) -> None:
+        """Restarts the EMA from the model's current weights (no-op without EMA).
+
+        The EMA copies are made when the Steps are built, from the freshly initialized model;
+        weights loaded afterwards (`task.init_checkpoint`, early stopping's best weights) must
+        become the average's starting point, or it keeps averaging towards random weights.
+        """
+        if self.ema is None:
+            return
+        for e, v in zip(self.ema, self.variables):
+            e.assign(_native(v).read_value())
+
+    @contextlib.contextmanager
+    def scored_weights(self) -> Iterator[None]:
+        """Within the block the model holds the weights that evaluation scores.
+
+        The rule: the model that was scored is the model that is kept and exported. With
+        `trainer.ema_decay` set those are the EMA weights (swapped in on entry, the training
+        weights swapped back on exit, also on an exception); without EMA the block changes
+        nothing. Evaluation, early stopping's best weights, `best/` checkpoints and the export
+        all read the model inside this block. Nested blocks swap only once.
+        """
+        self._scored_depth += 1
+        if self._scored_depth == 1:
+            self.swap_ema()
+        try:
+            yield
+        finally:
+            self._scored_depth -= 1
+            if self._scored_depth == 0:
+                self.swap_ema()

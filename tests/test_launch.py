@@ -42,6 +42,8 @@ def test_two_workers_equal_one_device_and_only_chief_writes(tmp_path):
     assert m2["step"] == 12 and m2["accuracy"] == pytest.approx(m1["accuracy"], abs=1e-6)
     assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-5)
     assert "MultiWorkerMirroredStrategy: 2 replica(s)" in logs
+    # The end-of-run export: in the chief's model_dir (the other worker's went to its scratch dir).
+    assert (mw / "export" / "model.keras").exists() and (mw / "export" / "saved_model" / "saved_model.pb").exists()
     # Worker 1 wrote into a temporary directory that is gone.
     leftovers = [d for d in set(os.listdir("/tmp")) - before if d.startswith("tapeline-worker-")]
     assert leftovers == []

@@ -14,7 +14,11 @@ from framework.hooks.early_stopping import resolve_mode
 
 
 class BestCheckpoint:
-    """Keeps the `keep` best model checkpoints; `best/best.json` lists them with their metrics."""
+    """Keeps the `keep` best model checkpoints; `best/best.json` lists them with their metrics.
+
+    A checkpoint (and the optional export) holds the weights that were scored: the EMA
+    weights when `trainer.ema_decay` is set, else the training weights.
+    """
 
     def __init__(self, *, monitor: str = "loss", mode: str = "auto", keep: int = 1, export: bool = False) -> None:
         if keep < 1:
@@ -53,7 +57,8 @@ class BestCheckpoint:
         os.makedirs(d, exist_ok=True)
         if self._ckpt is None:
             self._ckpt = tf.train.Checkpoint(**ckpt_lib.model_objects(ctx.model))
-        prefix = self._ckpt.write(os.path.join(d, f"ckpt-{ctx.step}"))
+        with ctx.scored_weights():  # the weights that earned `value` (EMA if on)
+            prefix = self._ckpt.write(os.path.join(d, f"ckpt-{ctx.step}"))
         ranked.append({"step": ctx.step, "value": value, "monitor": self.monitor, "path": os.path.basename(prefix),
                        "metrics": dict(ctx.eval_logs)})
         ranked.sort(key=lambda r: sign * r["value"])
@@ -70,7 +75,8 @@ class BestCheckpoint:
         if self.export and ranked[0]["step"] == ctx.step:
             from framework.hooks.export import export_model
 
-            export_model(ctx.model, os.path.join(d, "export"))
+            with ctx.scored_weights():
+                export_model(ctx.model, os.path.join(d, "export"))
 
 
 @registry.register_hook("best_checkpoint")

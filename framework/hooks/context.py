@@ -1,6 +1,7 @@
-"""RunContext: what a hook sees and may change (step, last logs, stop, LR factor, save)."""
+"""RunContext: what a hook sees and may change (step, logs, stop, LR factor, weights, scored weights)."""
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 
@@ -54,11 +55,33 @@ class RunContext:
         self.stop_reason = reason
 
     def get_weights(self) -> list:
+        """Values of every model variable (the training weights, outside `scored_weights()`)."""
         return [v.numpy() for v in self._c.t.model.variables]
 
     def set_weights(self, weights: list) -> None:
+        """Assigns values taken by `get_weights()` to the model's variables (the EMA is kept)."""
         for v, w in zip(self._c.t.model.variables, weights):
             v.assign(w)
+
+    def scored_weights(self) -> contextlib.AbstractContextManager[None]:
+        """A block within which the model holds the weights that evaluation scores.
+
+        The rule: the model that was scored is the model that is kept and exported. With
+        `trainer.ema_decay` set, evaluation scores the EMA weights, so inside this block the
+        model holds them (the training weights come back on exit); without EMA it changes
+        nothing. Hooks that keep or export a model (early stopping's best weights, `best/`
+        checkpoints, the export) read it inside this block.
+        """
+        return self._c.t.steps.scored_weights()
+
+    def load_scored_weights(self, weights: list) -> None:
+        """Makes `weights` (taken by `get_weights()` inside `scored_weights()`) the model.
+
+        They become the training weights and the EMA restarts from them, so evaluation, the
+        export and the returned model all hold them (early stopping's restore-best).
+        """
+        self.set_weights(weights)
+        self._c.t.steps.reset_ema()
 
 
 class EveryNSteps:

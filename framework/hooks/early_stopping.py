@@ -27,7 +27,12 @@ def resolve_mode(mode: str, monitor: str, *, section: str) -> str:
 
 
 class EarlyStopping:
-    """Stops when `monitor` has not improved for `patience` evaluations."""
+    """Stops when `monitor` has not improved for `patience` evaluations.
+
+    With `restore_best` the model ends with the weights of the best evaluation, the weights
+    that were scored (the EMA weights when `trainer.ema_decay` is set); the EMA restarts from
+    them, so the end-of-run export holds them too.
+    """
 
     # Runs first at "end" (see Controller._dispatch): exports then see the restored weights.
     restores_weights = True
@@ -64,7 +69,8 @@ class EarlyStopping:
         elif event == "end" and self.restore_best and self.best_step >= 0 and self.stopped_step >= 0:
             path = self._weights_path(ctx)
             with np.load(path) as data:
-                ctx.set_weights([data[f"w{i}"] for i in range(len(data.files))])
+                # Raw and EMA weights both become the best scored model (see RunContext).
+                ctx.load_scored_weights([data[f"w{i}"] for i in range(len(data.files))])
             logging.info("early_stopping: restored the best weights (%s=%.6g) from step %d",
                          self.monitor, self.best, self.best_step)
 
@@ -80,7 +86,9 @@ class EarlyStopping:
             if self.restore_best:
                 path = self._weights_path(ctx)
                 tmp = path + ".tmp.npz"
-                np.savez(tmp, **{f"w{i}": w for i, w in enumerate(ctx.get_weights())})
+                with ctx.scored_weights():  # the weights that earned `value` (EMA if on)
+                    weights = ctx.get_weights()
+                np.savez(tmp, **{f"w{i}": w for i, w in enumerate(weights)})
                 os.replace(tmp, path)
             return
         self.wait += 1

@@ -1,4 +1,5 @@
 """Built-in hooks on scripted metric sequences: early stopping, plateau, best checkpoint, export."""
+import contextlib
 import json
 import os
 
@@ -36,6 +37,12 @@ class FakeCtx:
     def set_weights(self, ws):
         for v, w in zip(self.model.variables, ws):
             v.assign(w)
+
+    def scored_weights(self):  # no EMA here: the scored weights are the model's
+        return contextlib.nullcontext()
+
+    def load_scored_weights(self, ws):
+        self.set_weights(ws)
 
     def evaluate(self, step, value, hooks):
         self.step = step
