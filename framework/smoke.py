@@ -15,8 +15,9 @@ import time
 from typing import Any, Callable, Sequence
 
 # The config a smoke run uses on top of the experiment's (everything else, hooks included, is kept).
+# The run's own end-of-training export is off: the export stage below does it, and reports it by name.
 SMOKE_OVERRIDE = {"trainer": {"train_steps": 2, "train_epochs": None, "steps_per_loop": 1, "eval_interval": 2,
-                              "eval_steps": 1, "checkpoint_interval": 2, "overfit_batches": 0},
+                              "eval_steps": 1, "checkpoint_interval": 2, "overfit_batches": 0, "export": False},
                   "task": {"test_data": {"name": ""}}}
 
 
