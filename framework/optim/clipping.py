@@ -24,20 +24,54 @@ def _dense(g: tf.Tensor | tf.IndexedSlices | None) -> Grad:
     return g
 
 
-def _sq(g: Grad) -> tf.Tensor | None:
-    return None if g is None else tf.reduce_sum(tf.square(tf.cast(g, tf.float32)))
+# A norm is held as (m, r) with m = max |g| and r = ||g / m||, so norm = m * r: the squares are
+# of numbers in [-1, 1] and cannot overflow (or underflow) float32, as in robust 2-norm
+# implementations (LAPACK's nrm2). A plain sum of squares overflows once |g| passes ~1.8e19, and
+# the NaN clip factor that follows would be written into every weight.
+Norm = tuple[tf.Tensor, tf.Tensor]
 
 
-def _norm(squares: Sequence[tf.Tensor | None]) -> tf.Tensor:
-    parts = [s for s in squares if s is not None]
-    return tf.sqrt(tf.add_n(parts)) if parts else tf.constant(0.0, tf.float32)
+def _var_norm(g: Grad) -> Norm | None:
+    if g is None:
+        return None
+    g = tf.cast(g, tf.float32)
+    m = tf.reduce_max(tf.abs(g))
+    # m == 0: every entry is 0 and so is the norm (0/0 avoided); a NaN or inf entry makes r NaN.
+    r = tf.sqrt(tf.reduce_sum(tf.square(tf.math.divide_no_nan(g, m))))
+    return m, r
 
 
-def _scale(g: tf.Tensor, norm: tf.Tensor, limit: float) -> tf.Tensor:
-    # As tf.clip_by_global_norm: g * limit / max(norm, limit); NaN everywhere if norm is not finite.
-    factor = limit * tf.minimum(1.0 / norm, 1.0 / limit)
-    factor = tf.where(tf.math.is_finite(norm), factor, tf.constant(float("nan")))
-    return g * tf.cast(factor, g.dtype)
+def _combine(parts: Sequence[Norm | None]) -> Norm:
+    """The (m, r) of the concatenation of the vectors whose (m, r) are given."""
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        return tf.constant(0.0, tf.float32), tf.constant(0.0, tf.float32)
+    if len(parts) == 1:
+        return parts[0]
+    ms = tf.stack([m for m, _ in parts])
+    rs = tf.stack([r for _, r in parts])
+    top = tf.reduce_max(ms)
+    r = tf.sqrt(tf.reduce_sum(tf.square(tf.math.divide_no_nan(ms, top) * rs)))
+    # A NaN m (NaN gradient) may be dropped by reduce_max: its r is NaN, which r carries.
+    return top, r
+
+
+def _value(n: Norm) -> tf.Tensor:
+    """The norm as a float32 scalar (inf only if it truly exceeds float32's range)."""
+    return n[0] * n[1]
+
+
+def _scale(g: tf.Tensor, n: Norm, limit: float) -> tf.Tensor:
+    """g * limit / max(norm, limit) without forming the norm; NaN everywhere if it is not finite.
+
+    Computed as (g / m) * (limit / r): a factor limit / norm can be subnormal for a huge norm,
+    and TensorFlow's CPU kernels flush subnormals to zero.
+    """
+    m, r = n
+    over = _value(n) > limit  # an inf norm (beyond float32) is over any limit
+    scaled = tf.math.divide_no_nan(g, tf.cast(m, g.dtype)) * tf.cast(tf.math.divide_no_nan(limit, r), g.dtype)
+    finite = tf.math.is_finite(m) & tf.math.is_finite(r)
+    return tf.where(finite, tf.where(over, scaled, g), tf.constant(float("nan"), g.dtype))
 
 
 def _threshold(clip: ClipConfig, key: str) -> float | None:
@@ -53,8 +87,8 @@ def clip_gradients(grads: Sequence[tf.Tensor | tf.IndexedSlices | None], *, grou
                    clip: ClipConfig) -> tuple[list[Grad], dict[str, tf.Tensor]]:
     """Clips aggregated gradients as `optimizer.clip` says.
 
-    Order: elementwise value (`clip.value`), per-variable norm (`clip.per_variable_norm`,
-    tf.clip_by_norm), per-group global norm (`clip.per_group_norm`), then the global norm over
+    Order: elementwise value (`clip.value`), per-variable norm (`clip.per_variable_norm`),
+    per-group global norm (`clip.per_group_norm`), then the global norm over
     all gradients (`clip.global_norm`). Modes left at None are skipped.
 
     Args:
@@ -67,8 +101,10 @@ def clip_gradients(grads: Sequence[tf.Tensor | tf.IndexedSlices | None], *, grou
       (clipped gradients, stats) where stats holds float32 scalars: `grad_norm` (global norm
       before clipping), `grad_norm_clipped` (after), `clipped` (1.0 if a mode changed
       something, else 0.0) and `grad_norm/<g>` (norm before clipping) for each distinct group
-      index g. Non-finite gradients give non-finite norms (and NaN from the norm modes), never
-      an error.
+      index g. Norms are computed without overflow: huge but finite gradients (a sum of
+      squares beyond float32) are clipped correctly, and `grad_norm` is inf only if the norm
+      itself exceeds float32. Non-finite gradients give non-finite norms (and NaN from the norm
+      modes), never an error.
 
     Raises:
       ValueError: `groups` and `grads` differ in length, or a threshold is not > 0.
@@ -84,10 +120,10 @@ def clip_gradients(grads: Sequence[tf.Tensor | tf.IndexedSlices | None], *, grou
     global_norm = _threshold(clip, "global_norm")
     group_ids = sorted(set(groups))
 
-    squares = [_sq(g) for g in grads]
-    stats: dict[str, tf.Tensor] = {"grad_norm": _norm(squares)}
+    norms = [_var_norm(g) for g in grads]
+    stats: dict[str, tf.Tensor] = {"grad_norm": _value(_combine(norms))}
     for gi in group_ids:
-        stats[f"grad_norm/{gi}"] = _norm([s for s, x in zip(squares, groups) if x == gi])
+        stats[f"grad_norm/{gi}"] = _value(_combine([n for n, x in zip(norms, groups) if x == gi]))
     hits: list[tf.Tensor] = []
     changed = False
 
@@ -95,30 +131,30 @@ def clip_gradients(grads: Sequence[tf.Tensor | tf.IndexedSlices | None], *, grou
         present = [g for g in grads if g is not None]
         hits += [tf.reduce_any(tf.abs(g) > tf.cast(value, g.dtype)) for g in present]
         grads = [None if g is None else tf.clip_by_value(g, -value, value) for g in grads]
-        squares, changed = [_sq(g) for g in grads], True
+        norms, changed = [_var_norm(g) for g in grads], True
 
     if per_variable is not None:
-        hits += [tf.sqrt(s) > per_variable for s in squares if s is not None]
-        grads = [None if g is None else tf.clip_by_norm(g, per_variable) for g in grads]
-        squares, changed = [_sq(g) for g in grads], True
+        hits += [_value(n) > per_variable for n in norms if n is not None]
+        grads = [None if g is None else _scale(g, n, per_variable) for g, n in zip(grads, norms)]
+        norms, changed = [_var_norm(g) for g in grads], True
 
     if per_group is not None:
         for gi in group_ids:
             idx = [i for i, x in enumerate(groups) if x == gi and grads[i] is not None]
             if not idx:
                 continue
-            n = _norm([squares[i] for i in idx])
-            hits.append(n > per_group)
+            n = _combine([norms[i] for i in idx])
+            hits.append(_value(n) > per_group)
             for i in idx:
                 grads[i] = _scale(grads[i], n, per_group)
-        squares, changed = [_sq(g) for g in grads], True
+        norms, changed = [_var_norm(g) for g in grads], True
 
     if global_norm is not None:
-        n = _norm(squares)
-        hits.append(n > global_norm)
+        n = _combine(norms)
+        hits.append(_value(n) > global_norm)
         grads = [None if g is None else _scale(g, n, global_norm) for g in grads]
-        squares, changed = [_sq(g) for g in grads], True
+        norms, changed = [_var_norm(g) for g in grads], True
 
-    stats["grad_norm_clipped"] = _norm(squares) if changed else stats["grad_norm"]
+    stats["grad_norm_clipped"] = _value(_combine(norms)) if changed else stats["grad_norm"]
     stats["clipped"] = tf.cast(tf.reduce_any(tf.stack(hits)), tf.float32) if hits else tf.constant(0.0)
     return grads, stats

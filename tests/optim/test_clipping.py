@@ -74,11 +74,36 @@ def test_exact_small_case_and_no_clip_under_threshold():
     assert st["clipped"] == 0.0 and st["grad_norm_clipped"] == pytest.approx(13.0)
 
 
-def test_value_and_per_variable_use_tf_ops():
+def test_value_and_per_variable_agree_with_tf_ops():
     out, _ = _clip(value=0.5)
     np.testing.assert_array_equal(out[0], tf.clip_by_value(G[0], -0.5, 0.5).numpy())
     out, _ = _clip(per_variable_norm=1.0)
-    np.testing.assert_array_equal(out[3], tf.clip_by_norm(G[3], 1.0).numpy())
+    np.testing.assert_allclose(out[3], tf.clip_by_norm(G[3], 1.0).numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1e25, 1e36, 1e-30])
+@pytest.mark.parametrize("kw", [dict(global_norm=1.0), dict(per_group_norm=1.0), dict(per_variable_norm=1.0),
+                                dict(per_variable_norm=2.0, per_group_norm=1.5, global_norm=1e-32)])
+def test_huge_or_tiny_finite_gradients_are_clipped_exactly(kw, scale):
+    # Sums of squares of these leave float32 (1e50+ overflows to inf, 1e-60 underflows to 0):
+    # a plain norm would give an inf norm and a NaN clip factor, or a zero norm.
+    grads = [None if g is None else (g.astype(np.float64) * scale).astype(np.float32) for g in G]
+    out, st = _clip(grads, **kw)
+    ref = _np_clip(grads, GROUPS, **kw)
+    for a, b in zip(out, ref):
+        if b is not None:
+            assert np.all(np.isfinite(a))
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-45)
+    assert st["grad_norm"] == pytest.approx(_np_norm(grads), rel=1e-5)
+    assert st["grad_norm_clipped"] == pytest.approx(_np_norm(ref), rel=1e-5)
+
+
+def test_norm_beyond_float32_is_inf_but_clipping_stays_finite():
+    big = np.full((4,), 3e38, np.float32)  # norm 6e38: not a float32
+    out, st = _clip([big], [0], global_norm=2.0)
+    assert st["grad_norm"] == np.inf and st["clipped"] == 1.0
+    np.testing.assert_allclose(out[0], [1.0] * 4, rtol=1e-6)
+    assert st["grad_norm_clipped"] == pytest.approx(2.0, rel=1e-6)
 
 
 def test_indexed_slices_are_densified():
