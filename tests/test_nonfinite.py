@@ -144,3 +144,55 @@ def test_unclipped_overflowing_gradient_is_skipped_under_every_policy(tmp_path, 
         assert int(ctl.data_skip.numpy()) == (0 if policy == "skip" else 2)
     assert all(np.all(np.isfinite(v.numpy())) for v in t.model.variables)
     _assert_checkpoints_finite(tmp_path)
+
+
+# ------------------------------------------------------------------ restore: step and data after it
+
+def _events(run_dir):
+    out = {}
+    for f in sorted(os.listdir(run_dir)):
+        for e in tf.compat.v1.train.summary_iterator(os.path.join(run_dir, f)):
+            for v in e.summary.value:
+                out.setdefault(v.tag, []).append((e.step, tf.make_ndarray(v.tensor)))
+    return out
+
+
+@pytest.mark.parametrize("jit", ["auto", False])
+def test_restore_skips_the_poisoned_batches_and_names_them(tmp_path, jit, caplog):
+    # Batch 5 has NaN features: a data-caused NaN loss. A restore that replayed it would fail
+    # again each time (max_restores, then an error); it must move past it and finish.
+    _poisoned("nan5", 96, 5, np.nan)
+    t, ctl = _run_poisoned(tmp_path, key="nan5", policy="restore", jit=jit, steps=8, max_restores=1)
+    assert ctl.train(evaluate=False) == 8
+    assert ctl._restores == 1 and int(ctl.data_skip.numpy()) == 2
+    assert all(np.all(np.isfinite(v.numpy())) for v in t.model.variables)
+    _assert_checkpoints_finite(tmp_path)
+    assert any("skipped global batches 4-5" in r.getMessage() for r in caplog.records)
+    ev = _events(tmp_path / "train")
+    assert [(s, float(v)) for s, v in ev["skipped_batches"] if v.dtype != object] == [(4, 2.0)]
+    texts = [v.item().decode() for s, v in ev["skipped_batches"] if v.dtype == object]
+    assert len(texts) == 1 and "skipped global batches 4-5" in texts[0]
+    # The data position is checkpointed: a resumed run continues past the skipped batches too.
+    reader = tf.train.load_checkpoint(ctl.checkpointer.latest)
+    assert reader.get_tensor("data_skip/.ATTRIBUTES/VARIABLE_VALUE") == 2
+
+
+def test_restore_continues_from_the_checkpoints_step_with_its_phase(tmp_path):
+    # `body` (the hidden layer) is frozen before step 6. Batch 7 is poisoned: the loop 6-8 fails
+    # and the run restores ckpt-4. Steps 4-5 must run in the frozen phase again.
+    _poisoned("nan7", 96, 7, np.nan)
+    seen = []
+
+    t, ctl = _run_poisoned(tmp_path, key="nan7", policy="restore", jit="auto", steps=10, model={"hidden": 4},
+                           groups=[{"pattern": "^hidden/", "name": "body"}],
+                           phases=[{"start_step": 0, "trainable": {"body": False}},
+                                   {"start_step": 6, "trainable": {"body": True}}])
+    body0 = t.model.get_layer("hidden").kernel.numpy().copy()
+    ctl.hooks.append(lambda event, ctx: seen.append((ctx.step, t.model.get_layer("hidden").kernel.numpy().copy()))
+                     if event == "train_loop_end" else None)
+    assert ctl.train(evaluate=False) == 10
+    assert [s for s, _ in seen] == [2, 4, 6, 6, 8, 10]  # 6 twice: before the failure and after the restore
+    for s, k in seen:
+        if s <= 6:
+            np.testing.assert_array_equal(k, body0, err_msg=f"the frozen group trained before step 6 (at {s})")
+    assert not np.array_equal(seen[-1][1], body0)  # it trains after step 6
