@@ -154,7 +154,9 @@ def test_logged_learning_rate_is_the_rate_the_loops_last_step_used(tmp_path, jit
             for v in e.summary.value:
                 if v.tag.startswith("learning_rate/"):
                     logged[(v.tag.split("/")[1], e.step)] = float(tf.make_ndarray(v.tensor))
-    warm = lambda s: 0.1 * min(1.0, (s + 1) / 8)  # noqa: E731
+    def warm(s):
+        return 0.1 * min(1.0, (s + 1) / 8)
+
     assert logged[("default", 4)] == pytest.approx(warm(3), rel=1e-6)  # not warm(4): the last step was 3
     assert logged[("default", 8)] == pytest.approx(warm(7), rel=1e-6)
     assert logged[("head", 4)] == 0.0 and logged[("head", 8)] == 0.0  # frozen in the loops before step 8
