@@ -196,3 +196,26 @@ def test_restore_continues_from_the_checkpoints_step_with_its_phase(tmp_path):
         if s <= 6:
             np.testing.assert_array_equal(k, body0, err_msg=f"the frozen group trained before step 6 (at {s})")
     assert not np.array_equal(seen[-1][1], body0)  # it trains after step 6
+
+
+def test_restored_run_trains_on_the_other_batches_and_resumes_past_the_skip(tmp_path):
+    # Each batch is either in the model or skipped: the poisoned run (restore at step 4, batches
+    # 4-5 skipped), interrupted at step 6 and resumed in a new process-like build, ends with the
+    # weights of a clean run on the same data without batches 4-5.
+    _poisoned("nan5r", 96, 5, np.nan)
+    x, y, _ = C._ARRAYS["nan5r"]
+    C.set_arrays("clean5r", np.delete(x, np.s_[32:48], 0), np.delete(y, np.s_[32:48], 0))
+    ref, ref_ctl = _run_poisoned(tmp_path / "ref", key="clean5r", policy="restore", jit="auto", steps=8)
+    ref_ctl.train(evaluate=False)
+
+    def stop_at_6(event, ctx):
+        if event == "train_loop_end" and ctx.step >= 6:
+            ctx.request_stop("test interruption")
+
+    t, ctl = _run_poisoned(tmp_path / "run", key="nan5r", policy="restore", jit="auto", steps=8)
+    ctl.hooks.append(stop_at_6)
+    assert ctl.train(evaluate=False) == 6 and ctl._restores == 1
+    t2, ctl2 = _run_poisoned(tmp_path / "run", key="nan5r", policy="restore", jit="auto", steps=8)
+    assert ctl2.train(evaluate=False) == 8 and ctl2._restores == 0
+    for a, b in zip(ref.model.variables, t2.model.variables):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-6, atol=1e-7, err_msg=a.path)
