@@ -299,8 +299,8 @@ class Controller:
         first = step + int(self.data_skip.numpy())  # where the restored state would read next
         self.data_skip.assign(end - step)
         bps = self.t.batches_per_step
-        text = (f"restored step {step}; skipped global batches {first * bps}-{end * bps - 1} (data of steps "
-                f"{first}-{end - 1} counting earlier skips; the failure was at step {bad_step})")
+        text = (f"restored step {step}; skipped global batches {first * bps}-{end * bps - 1} (from the "
+                f"checkpoint's data position through failed step {bad_step}); step {step} reads batch {end * bps}")
         logging.warning("nonfinite=restore: %s", text)
         self.summaries.scalars("train", step, {"skipped_batches": (end - first) * bps})
         self.summaries.text("train", "skipped_batches", text, step=step)
