@@ -10,6 +10,8 @@ Writes are safe against interruption: `tf.train.CheckpointManager` writes the `c
 first and updates the `checkpoint` index last, so a crash mid-write leaves the index pointing at
 the previous complete checkpoint. A checkpoint that exists but cannot be read is reported and
 the previous one is tried; a run never silently starts from scratch when checkpoints exist.
+A checkpoint is never written with a non-finite (NaN or inf) value in a model, optimizer or
+trainer-state variable: `save` refuses, naming the variables, and the previous one stays latest.
 """
 from __future__ import annotations
 
@@ -59,7 +61,17 @@ class Checkpointer:
         return self.manager.latest_checkpoint
 
     def save(self, step: int) -> str:
-        """Writes checkpoint `ckpt-<step>` and returns its path."""
+        """Writes checkpoint `ckpt-<step>` and returns its path.
+
+        Raises:
+          CheckpointError: a saved variable holds NaN or inf (nothing is written), or the write failed.
+        """
+        bad = self.non_finite()
+        if bad:
+            raise CheckpointError(
+                f"refusing to write checkpoint ckpt-{step} in {self.directory}: non-finite values in "
+                f"{len(bad)} variable(s): {', '.join(bad[:8])}{', ...' if len(bad) > 8 else ''}; the latest "
+                f"complete checkpoint is still {self.latest or 'none'}")
         if self._get_hook_state is not None:
             self._hook_json.assign(json.dumps(self._get_hook_state()))
         options = None
@@ -77,6 +89,14 @@ class Checkpointer:
             raise CheckpointError(
                 f"cannot write checkpoint ckpt-{step} in {self.directory} ({first_line(e)}); the latest "
                 f"complete checkpoint is still {previous or 'none'}") from None
+
+    def non_finite(self) -> list[str]:
+        """Names of the floating-point variables to be saved that hold a NaN or inf."""
+        named = list(_float_variables(self._objects))
+        if not named:
+            return []
+        finite = tf.stack([tf.reduce_all(tf.math.is_finite(v)) for _, v in named]).numpy()  # one host copy
+        return [name for (name, _), ok in zip(named, finite) if not ok]
 
     def restore_or_init(self) -> str | None:
         """Restores the newest readable checkpoint; returns its path, or None for a fresh run.
@@ -153,6 +173,27 @@ class Checkpointer:
         head = (f"{len(problems) - bool(extra) + len(extra)} mismatched variable(s) (model has "
                 f"{len(variables)}, checkpoint {len(saved)}): ")
         return head + "; ".join(problems[:12]) + ("; ..." if len(problems) > 12 else "")
+
+
+def _float_variables(objects: Mapping[str, Any]) -> Any:
+    """(name, variable) for every floating-point variable in the checkpoint's objects."""
+    paths = None
+    if isinstance(objects.get("model_paths"), tf.Variable):
+        paths = json.loads(objects["model_paths"].numpy().decode("utf-8"))
+    for key, obj in objects.items():
+        if hasattr(obj, "variables") and not isinstance(obj, (tf.Variable, list, tuple, dict)):
+            obj = list(obj.variables)  # an optimizer
+        items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) \
+            else [(None, obj)]
+        for i, v in items:
+            if isinstance(v, (list, tuple, dict)):
+                yield from _float_variables({f"{key}/{i}": v})
+                continue
+            name = paths[i] if key == "model" and paths and isinstance(i, int) and i < len(paths) else \
+                getattr(v, "path", None) or getattr(v, "name", "?")
+            v = v.value if hasattr(v, "value") and not isinstance(v, tf.Variable) else v  # Keras -> TF
+            if isinstance(v, tf.Variable) and v.dtype.is_floating:
+                yield f"{key} {name}", v
 
 
 def first_line(e: BaseException | str) -> str:

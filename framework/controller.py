@@ -98,11 +98,13 @@ class Controller:
         self.save_checkpoints = save_checkpoints
         self.phases = resolve_phases(trainer)
         self.ctx = RunContext(controller=self)
+        # Batches skipped after `nonfinite=restore`: the data position is step + data_skip.
+        self.data_skip = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_skip")
         # Every model variable, Dropout RNG states included (trap 9), plus their paths so that
         # task.init_checkpoint can load them into another model by path.
         objects = {**ckpt_lib.model_objects(trainer.model), "step": trainer.global_step,
                    "optimizer": trainer.optimizer, "lr_factor": trainer.lr_factor,
-                   "trainer_state": trainer.steps.state()}
+                   "trainer_state": trainer.steps.state(), "data_skip": self.data_skip}
         self.checkpointer = ckpt_lib.Checkpointer(
             directory=model_dir, objects=objects, max_to_keep=self.cfg.trainer.max_to_keep,
             get_hook_state=self._hook_state, set_hook_state=self._load_hook_state)
@@ -234,7 +236,7 @@ class Controller:
         if final_export is not None:
             export_lib.check_exportable(self.t.model)  # before training, not after it
         self._dispatch("begin")
-        dist_ds = self.t.train_dataset(start_step=step)
+        dist_ds = self.t.train_dataset(start_step=step + int(self.data_skip.numpy()))
         self._train_iter = iter(dist_ds)
         global_batch = self.cfg.task.train_data.batch_size * self.t.batches_per_step
         start_time, start_step = time.monotonic(), step
@@ -257,9 +259,10 @@ class Controller:
             dt = max(time.monotonic() - t0, 1e-9)
             done = new_step - step
             if bool(self.t.steps.halt.numpy()):
-                new_step = self._nonfinite(new_step)
-                if new_step is None:
-                    continue  # restored: loop again from the checkpoint's step
+                restored = self._nonfinite(new_step)
+                if restored is not None:
+                    step = restored  # phases, eval and checkpoint boundaries from the checkpoint's step
+                    continue
             step = new_step
             values = self._train_values(step)
             rates = {"steps_per_sec": done / dt, "examples_per_sec": done * global_batch / dt}
@@ -347,9 +350,10 @@ class Controller:
         return path
 
     def _nonfinite(self, step: int) -> int | None:
+        """Applies `trainer.nonfinite` after a halted loop; returns the restored step, or raises."""
         s = self.t.steps
         bad_step = int(s.nonfinite_step.numpy())
-        what = "loss" if bool(s.nonfinite_loss.numpy()) else "gradient"
+        what = "loss" if bool(s.nonfinite_loss.numpy()) else "or overflowing gradient"
         policy = self.cfg.trainer.nonfinite
         msg = (f"non-finite {what} at step {bad_step} (trainer.nonfinite={policy}); the update of that step "
                f"was not applied")
@@ -357,14 +361,36 @@ class Controller:
             self._restores += 1
             logging.warning("%s; restoring %s (%d/%d)", msg, self.checkpointer.latest, self._restores,
                             self.cfg.trainer.max_restores)
-            self.checkpointer.restore_or_init()
-            step = int(self.t.global_step.numpy())
-            self._train_iter = iter(self.t.train_dataset(start_step=step))
-            s.halt.assign(False)
-            return None
+            return self._restore_past(bad_step)
         if self.save_checkpoints:
-            self.save(step)  # the last good state, for inspection and a later resume
+            try:
+                self.save(step)  # the last good state, for inspection and a later resume
+            except ckpt_lib.CheckpointError as e:  # refused: it holds non-finite values
+                raise NonFiniteError(f"{msg}; {e}") from None
         raise NonFiniteError(msg + f"; last good checkpoint at step {step}")
+
+    def _restore_past(self, bad_step: int) -> int:
+        """Restores the latest checkpoint and moves the data past the failed step.
+
+        A restore that replayed the same batches would meet a data-caused NaN again. Every
+        batch between the checkpoint's data position and the failed step (the failed loop's, and
+        any whose updates the restore discards) is skipped, never replayed: each batch is either
+        in the model or named in the log and in TensorBoard (`skipped_batches`, a text summary).
+        """
+        end = bad_step + 1 + int(self.data_skip.numpy())  # data position after the failed step
+        self.checkpointer.restore_or_init()
+        step = int(self.t.global_step.numpy())
+        first = step + int(self.data_skip.numpy())  # where the restored state would read next
+        self.data_skip.assign(end - step)
+        bps = self.t.batches_per_step
+        text = (f"restored step {step}; skipped global batches {first * bps}-{end * bps - 1} (from the "
+                f"checkpoint's data position through failed step {bad_step}); step {step} reads batch {end * bps}")
+        logging.warning("nonfinite=restore: %s", text)
+        self.summaries.scalars("train", step, {"skipped_batches": (end - first) * bps})
+        self.summaries.text("train", "skipped_batches", text, step=step)
+        self._train_iter = iter(self.t.train_dataset(start_step=end))
+        self.t.steps.halt.assign(False)
+        return step
 
     def _train_values(self, step: int) -> dict[str, float]:
         s = self.t.steps
@@ -379,8 +405,12 @@ class Controller:
                 out[f"grad_norm/{self.t.groups.groups[gi].name}"] = float(m.result())
             else:
                 out[k] = float(m.result())
-        for g, lr in self.t.group_lrs(step).items():
-            out[f"learning_rate/{g}"] = lr
+        # learning_rate/<group>: the rate the loop's last step used (recorded by the compiled
+        # step; a frozen group's is 0), that of the group's first variable.
+        used = s.last_lr.numpy()
+        empty = self.t.group_lrs(max(step - 1, 0))  # a group without variables: its would-be rate
+        for g in self.t.groups.groups:
+            out[f"learning_rate/{g.name}"] = float(used[g.indices[0]]) if g.indices else empty[g.name]
         return out
 
     def _per_class_report(self, cm: np.ndarray, step: int) -> None:

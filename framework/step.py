@@ -24,6 +24,9 @@ from framework.config import ClipConfig
 from framework.optim import clipping
 
 _GROWTH_INTERVAL = 2000  # finite fp16 steps before the loss scale doubles (Keras's default)
+# A step whose applied gradient has a norm at or above sqrt(float32 max) is not applied: its
+# squares overflow in every optimizer that keeps second moments (Adam's `v` would become inf).
+_MAX_APPLIED_NORM = 1.8e19
 
 
 def _match_labels(y: tf.Tensor, pred: tf.Tensor) -> tf.Tensor:
@@ -56,6 +59,32 @@ def _writes_through_assign(optimizer: keras.optimizers.Optimizer) -> bool:
     optimizer that calls `variable.assign` itself, keep the conditional update."""
     module = type(optimizer).__module__
     return (module.startswith("keras.") and ".muon" not in module) or module == "framework.optim.optimizers"
+
+
+@contextlib.contextmanager
+def _replica_seeds(model: keras.Model):
+    """While tracing a replica's forward pass under N > 1 replicas: every Keras SeedGenerator
+    of `model` folds the replica id into the seed it hands out, so each replica draws its own
+    Dropout masks. The generators' state still advances identically on every replica (it is
+    mirrored and checkpointed), so the masks stay a deterministic function of it: exact resume.
+    """
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        yield
+        return
+    replica = ctx.replica_id_in_sync_group
+    gens = {id(sg): sg for layer in model._flatten_layers(include_self=True)
+            for sg in getattr(layer, "_seed_generators", [])}.values()
+    for sg in gens:
+        def folded(ordered: bool = True, draw=sg.next) -> tf.Tensor:
+            seed = draw(ordered)
+            return tf.cast(tf.random.experimental.stateless_fold_in(seed, replica), seed.dtype)
+        sg.next = folded
+    try:
+        yield
+    finally:  # the class's method again
+        for sg in gens:
+            del sg.next
 
 
 @contextlib.contextmanager
@@ -152,6 +181,8 @@ class Steps:
             self.loss_scale = tf.Variable(initial_loss_scale if loss_scaling else 1.0, dtype=tf.float32,
                                           trainable=False, name="loss_scale")
             self.good_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="good_steps")
+            # The learning rate of every variable at the last step run (what the log reports).
+            self.last_lr = tf.Variable(tf.zeros([len(self.variables)]), trainable=False, name="last_lr")
             self.ema = None
             if ema_decay is not None:
                 self.ema = []
@@ -194,7 +225,8 @@ class Steps:
         replicas = tf.distribute.get_replica_context().num_replicas_in_sync
         variables = [self.variables[i] for i in active]
         with tf.GradientTape() as tape:
-            pred = self.model(x, training=True)
+            with _replica_seeds(self.model):
+                pred = self.model(x, training=True)
             pred32 = tf.cast(pred, tf.float32)
             y2 = _match_labels(y, pred32)
             per_example = self.loss_fn(y2, pred32)
@@ -245,9 +277,12 @@ class Steps:
         groups = [self.group_of[i] for i in active]
         clipped, stats = clipping.clip_gradients(acc, groups=groups, clip=self.clip)
         # A finite global norm (of the unclipped gradients) implies finite gradients: the full
-        # elementwise check, another pass over every gradient, runs only when it is not.
+        # elementwise check, another pass over every gradient, runs only when it is not (a norm
+        # beyond float32 of finite gradients is inf too). The decision is also made on what is
+        # applied: the clipped gradients must be finite with a norm whose square is a float32.
         grads_ok = tf.cond(tf.math.is_finite(stats["grad_norm"]), lambda: tf.constant(True),
                            lambda: _all_finite(acc))
+        grads_ok = tf.logical_and(grads_ok, stats["grad_norm_clipped"] < _MAX_APPLIED_NORM)
         self.loss_mean.update_state(global_loss)
         for k, v in stats.items():
             if k == "clipped":
@@ -299,6 +334,7 @@ class Steps:
         # `_make_train_loop`): they change no state. Elsewhere a step never starts halted.
         live = tf.logical_not(self.halt)
         apply = tf.logical_and(ok, live)
+        self.last_lr.assign(tf.where(live, lrs, self.last_lr))
         if self.gated_update:
             # Under whole-step XLA a conditional around the update cost 4-9% of the MLP step
             # (ablation `cond_update`: the weights and slots it writes leave the conditional as

@@ -91,3 +91,21 @@ def test_init_checkpoint_loads_by_path_with_mapping(tmp_path):
             np.testing.assert_array_equal(v.numpy(), src[v.path])
     with pytest.raises(ValueError, match="no variable of the model matches"):
         ckpt_lib.load_weights(t2.model, str(tmp_path / "src"), mapping=[{"from": ".*", "to": "zzz"}])
+
+
+@pytest.mark.parametrize("where", ["model", "optimizer", "ema"])
+def test_save_refuses_non_finite_variables_and_keeps_previous_latest(tmp_path, where):
+    cfg = _cfg(4, optimizer={"name": "adam"})
+    cfg.trainer.ema_decay = 0.9
+    t, ctl = _ctl(cfg, tmp_path)
+    ctl.train(evaluate=False)
+    before = sorted(os.listdir(tmp_path))
+    var = {"model": t.model.get_layer("out").kernel, "optimizer": t.optimizer.variables[-1],
+           "ema": t.steps.ema[0]}[where]
+    var.assign(np.where(np.arange(int(np.prod(var.shape))).reshape(var.shape) == 1, np.inf, var.numpy()))
+    name = {"model": "out/kernel", "optimizer": t.optimizer.variables[-1].path, "ema": "ema/"}[where]
+    with pytest.raises(ckpt_lib.CheckpointError, match=rf"refusing to write checkpoint ckpt-6.*non-finite.*{name}"
+                                                         r".*still .*ckpt-4"):
+        ctl.checkpointer.save(6)
+    assert sorted(os.listdir(tmp_path)) == before  # nothing written
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-4")

@@ -133,3 +133,31 @@ def test_early_stopping_restores_before_other_end_hooks(tmp_path):
         np.testing.assert_array_equal(got, w)
     for v, w in zip(t.model.variables, want):
         np.testing.assert_array_equal(v.numpy(), w, err_msg=v.path)
+
+
+@pytest.mark.parametrize("jit", ["auto", False])
+def test_logged_learning_rate_is_the_rate_the_loops_last_step_used(tmp_path, jit):
+    # Warmup over 8 steps (lr(s) = 0.1 * (s + 1) / 8 until s = 7); `head` (0.5x) is frozen
+    # before step 8. The value logged at the end of a loop is the rate of that loop's last step.
+    x, y = C.toy_classification(n=64)
+    C.set_arrays("lr", x, y)
+    cfg = C.make_config(task={"model": {"hidden": 4}, "train_data": {"key": "lr"}, "eval_data": {"key": "lr"}},
+                        trainer={"train_steps": 12, "steps_per_loop": 4, "checkpoint_interval": 12, "eval_interval": 12, "jit_compile": jit,
+                                 "phases": [{"start_step": 0, "trainable": {"head": False}},
+                                            {"start_step": 8, "trainable": {"head": True}}]},
+                        optimizer={"name": "sgd", "learning_rate": 0.1, "warmup_steps": 8,
+                                   "param_groups": [{"pattern": "^out/", "name": "head", "lr_multiplier": 0.5}]})
+    _run(cfg, tmp_path)
+    logged = {}
+    for f in os.listdir(tmp_path / "train"):
+        for e in tf.compat.v1.train.summary_iterator(str(tmp_path / "train" / f)):
+            for v in e.summary.value:
+                if v.tag.startswith("learning_rate/"):
+                    logged[(v.tag.split("/")[1], e.step)] = float(tf.make_ndarray(v.tensor))
+    def warm(s):
+        return 0.1 * min(1.0, (s + 1) / 8)
+
+    assert logged[("default", 4)] == pytest.approx(warm(3), rel=1e-6)  # not warm(4): the last step was 3
+    assert logged[("default", 8)] == pytest.approx(warm(7), rel=1e-6)
+    assert logged[("head", 4)] == 0.0 and logged[("head", 8)] == 0.0  # frozen in the loops before step 8
+    assert logged[("head", 12)] == pytest.approx(0.5 * warm(11), rel=1e-6)

@@ -1,4 +1,5 @@
 """Strategies on CPU: 1 vs 2 logical replicas agree; clipping, BN, class weights; clear failures."""
+import itertools
 import time
 
 import keras
@@ -8,6 +9,7 @@ import tensorflow as tf
 
 from framework import controller as controller_lib
 from framework import distribute as dist
+from framework import step as step_lib
 from framework import trainer as trainer_lib
 from framework.config import RuntimeConfig
 from tests import _components as C
@@ -139,21 +141,48 @@ def test_multi_worker_without_tf_config_is_an_error(monkeypatch):
         dist.check_runtime(RuntimeConfig(strategy="multi_worker"))
 
 
-def test_fp16_injected_inf_gradient_skips_step(tmp_path):
-    kw = dict(task={"train_data": {"key": "dist"}, "eval_data": {"name": ""}},
-              trainer={"nonfinite": "terminate"})
-    cfg = _cfg(**kw)
+@pytest.mark.parametrize("jit", ["auto", False])
+def test_fp16_gradient_overflow_skips_step_halves_and_regrows_the_loss_scale(monkeypatch, jit):
+    # The real path: a finite loss whose scaled gradients overflow float16 (max 65504) under a
+    # huge initial loss scale. Each such step is skipped (weights unchanged), halves the scale
+    # and does not trigger `nonfinite=terminate`; after `interval` finite steps the scale doubles.
+    interval = 3
+    monkeypatch.setattr(step_lib, "_GROWTH_INTERVAL", interval)  # test seam: a short growth interval
+    cfg = _cfg(task={"eval_data": {"name": ""}}, trainer={"nonfinite": "terminate", "jit_compile": jit})
     cfg.runtime.precision = "mixed_float16"
+    cfg.runtime.initial_loss_scale = 2.0 ** 22
     try:
-        t = trainer_lib.build(cfg, tf.distribute.get_strategy(), inject_nonfinite_at=0)
-        before = [v.numpy().copy() for v in t.model.trainable_variables]
-        scale0 = float(t.steps.loss_scale.numpy())
-        t.steps.train_loop(iter(t.train_dataset(start_step=0)), 1, list(range(len(t.groups.variables))))
-        for v, b in zip(t.model.trainable_variables, before):
-            np.testing.assert_array_equal(v.numpy(), b)
-        assert int(t.steps.nonfinite_steps.numpy()) == 1
+        t = trainer_lib.build(cfg, tf.distribute.get_strategy())
+        assert t.model.get_layer("out").compute_dtype == "float16"
+        it, active = iter(t.train_dataset(start_step=0)), list(range(len(t.groups.variables)))
+        applied, scales = [], [float(t.steps.loss_scale.numpy())]
+        for _ in range(16):
+            before = [v.numpy().copy() for v in t.model.trainable_variables]
+            t.steps.reset_train_metrics()
+            t.steps.train_loop(it, 1, active)
+            assert not bool(t.steps.halt.numpy())  # an fp16 overflow is never a policy hit
+            assert np.isfinite(float(t.steps.loss_mean.result()))  # the loss itself is finite
+            changed = [not np.array_equal(v.numpy(), b) for v, b in zip(t.model.trainable_variables, before)]
+            assert all(changed) or not any(changed)  # a step is applied whole or not at all
+            applied.append(all(changed))
+            scales.append(float(t.steps.loss_scale.numpy()))
     finally:
         keras.mixed_precision.set_global_policy("float32")
+    assert scales[:2] == [2.0 ** 22, 2.0 ** 21] and not applied[0]  # the first step overflows
+    # Keras's dynamic loss-scale rule, replayed on which steps were applied.
+    want, scale, good = [scales[0]], scales[0], 0
+    for ok in applied:
+        if ok:
+            good += 1
+            if good == interval:
+                scale, good = scale * 2.0, 0
+        else:
+            scale, good = max(scale / 2.0, 1.0), 0
+        want.append(scale)
+    assert scales == want
+    assert any(b > a for a, b in itertools.pairwise(scales))  # it grew at least once
+    assert int(t.steps.nonfinite_steps.numpy()) == applied.count(False) > 0
+    assert int(t.optimizer.iterations.numpy()) == applied.count(True) > interval
 
 
 def test_optimizer_outside_scope_is_wrong_ours_is_right():
@@ -192,3 +221,47 @@ def test_bfloat16_trains_with_groups(tmp_path):
         assert int(t.optimizer.iterations.numpy()) == 3 and np.isfinite(float(t.steps.loss_mean.result()))
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def _dropout_cfg(steps=8):
+    return _cfg(task={"model": {"hidden": 16, "dropout": 0.5}, "eval_data": {"name": ""}},
+                trainer={"train_steps": steps, "steps_per_loop": 2, "checkpoint_interval": 4},
+                optimizer={"name": "adam", "learning_rate": 0.01})
+
+
+def test_replicas_draw_their_own_dropout_masks_deterministically():
+    s = mirrored()
+    t = trainer_lib.build(_dropout_cfg(), s)
+    x, y, w = tf.ones([8, 3]), tf.zeros([8], tf.int32), tf.ones([8])  # the same batch on both replicas
+    active = tuple(range(len(t.groups.variables)))
+
+    @tf.function
+    def forward():  # the replica forward pass of the train step, training=True
+        return s.run(lambda: t.steps._forward_backward(x, y, w, active)[1])
+
+    rng = next(v for v in t.model.variables if "seed_generator_state" in v.path)
+    state = rng.numpy()
+    first = [p.numpy() for p in s.experimental_local_results(forward())]
+    assert not np.array_equal(first[0], first[1])  # different masks on the two replicas
+    assert not np.array_equal(rng.numpy(), state)  # the (mirrored) generator state advanced
+    rng.assign(state)
+    again = [p.numpy() for p in s.experimental_local_results(forward())]
+    for a, b in zip(first, again):  # a function of the checkpointed state: exact resume
+        np.testing.assert_array_equal(a, b)
+
+
+def test_dropout_under_two_replicas_resumes_bit_identically(tmp_path):
+    straight = trainer_lib.build(_dropout_cfg(), mirrored())
+    controller_lib.Controller(trainer=straight, model_dir=str(tmp_path / "a")).train(evaluate=False)
+
+    def stop_at_4(event, ctx):
+        if event == "train_loop_end" and ctx.step >= 4:
+            ctx.request_stop("test interruption")
+
+    first = trainer_lib.build(_dropout_cfg(), mirrored())
+    assert controller_lib.Controller(trainer=first, model_dir=str(tmp_path / "b"), hooks=[stop_at_4]).train(
+        evaluate=False) == 4
+    resumed = trainer_lib.build(_dropout_cfg(), mirrored())
+    assert controller_lib.Controller(trainer=resumed, model_dir=str(tmp_path / "b")).train(evaluate=False) == 8
+    for a, b in zip(straight.model.variables, resumed.model.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
