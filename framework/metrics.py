@@ -62,8 +62,10 @@ class ConfusionMatrix(keras.metrics.Metric):
     """Weighted confusion matrix [true, predicted] from sparse labels and raw outputs.
 
     `result()` is the [C, C] matrix. A one-output model (binary) gives a 2 x 2 matrix. Besides
-    the matrix, `seen` counts (unweighted) how often each class occurs as a label or as a
-    prediction, so macro averages skip absent classes exactly as scikit-learn does.
+    the matrix, `seen` counts how often each class occurs as a label or as a prediction of an
+    example with a non-zero weight, so macro averages skip absent classes as scikit-learn does.
+    An example of weight 0 (the eval set's padding rows) counts nowhere: a class that occurs
+    only there is absent, as in scikit-learn on the data without those rows.
     """
 
     def __init__(self, *, num_classes: int, from_logits: bool = True, threshold: float | None = None,
@@ -98,8 +100,9 @@ class ConfusionMatrix(keras.metrics.Metric):
         # DenseBincount ops that XLA cannot compile, and metrics run inside the XLA step.
         t1 = tf.one_hot(true, c, dtype=tf.float32)
         p1 = tf.one_hot(pred, c, dtype=tf.float32)
-        self.matrix.assign_add(tf.matmul(t1 * tf.cast(w, tf.float32)[:, None], p1, transpose_a=True))
-        self.seen.assign_add(tf.reduce_sum(t1, 0) + tf.reduce_sum(p1, 0))
+        self.matrix.assign_add(tf.matmul(t1 * w[:, None], p1, transpose_a=True))
+        counted = tf.cast(tf.not_equal(w, 0.0), tf.float32)[:, None]  # padding rows have weight 0
+        self.seen.assign_add(tf.reduce_sum(t1 * counted, 0) + tf.reduce_sum(p1 * counted, 0))
 
     def result(self) -> tf.Tensor:
         return tf.convert_to_tensor(self.matrix)
