@@ -1,5 +1,6 @@
 """The compiled step and inner loop: closed-form update, K-in-one equals K-single, trace counts."""
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from framework import trainer as trainer_lib
@@ -90,3 +91,24 @@ def test_eval_covers_whole_set_once_padding_excluded():
                  np.exp(logits - logits.max(1, keepdims=True)).sum(1))
     assert abs(float(t.steps.eval_metrics["accuracy"].result()) - acc) < 1e-6
     assert abs(float(t.steps.eval_loss_mean.result()) - ce.mean()) < 1e-5
+
+
+@pytest.mark.parametrize("jit", ["auto", False])
+def test_one_hot_balanced_class_weight_trains_like_sparse(jit):
+    x, y = C.toy_classification(n=64, seed=4)
+    y[:40] = 0  # imbalanced: the balanced weights differ per class
+    C.set_arrays("cw_sparse", x, y)
+    C.set_arrays("cw_onehot", x, np.eye(3, dtype=np.float32)[y])
+    runs = []
+    for key, loss in (("cw_sparse", "sparse_categorical_crossentropy"), ("cw_onehot", "categorical_crossentropy")):
+        cfg = C.make_config(task={"train_data": {"key": key}, "eval_data": {"name": ""}, "loss": {"name": loss},
+                                  "metrics": [], "class_weight": "balanced"},
+                            trainer={"jit_compile": jit}, optimizer={"name": "adam", "learning_rate": 0.05})
+        t = _build(cfg)
+        t.steps.train_loop(_iter(t), 6, _active(t))
+        runs.append(t)
+    sparse, onehot = runs
+    assert onehot.steps.class_weights == pytest.approx(sparse.steps.class_weights, rel=1e-12)
+    assert len(set(np.round(sparse.steps.class_weights, 6))) == 3
+    for a, b in zip(sparse.model.trainable_variables, onehot.model.trainable_variables):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-6, atol=1e-7, err_msg=a.path)
