@@ -91,8 +91,8 @@ class Trainer:
         base = float(self.schedule(tf.constant(step, tf.int64))) * float(self.lr_factor.numpy())
         mult = self.lr_multipliers.numpy()
         out = {}
-        for g in self.groups.groups:
-            out[g.name] = base * float(mult[g.indices[0]]) if g.indices else base * g.lr_multiplier
+        for name, i in self.groups.lr_curves().items():
+            out[name] = base * float(mult[i]) if i is not None else base * self.groups.groups[self.groups.index(name)].lr_multiplier
         return out
 
 
