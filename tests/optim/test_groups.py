@@ -14,6 +14,9 @@ from framework.optim import groups as groups_lib
 from tests import _components as C
 
 
+JIT = pytest.mark.parametrize("jit", ["auto", False], ids=["auto", "nojit"])  # the default, and off
+
+
 def _trainer(optimizer, task=None, trainer=None):
     x, y = C.toy_classification(n=64)
     C.set_arrays("groups", x, y)
@@ -28,9 +31,10 @@ def _run(t, n):
     t.steps.train_loop(iter(t.train_dataset(start_step=0)), n, active)
 
 
-def test_group_with_multiplier_zero_stays_bit_identical():
+@JIT
+def test_group_with_multiplier_zero_stays_bit_identical(jit):
     t = _trainer({"name": "adamw", "learning_rate": 0.05, "weight_decay": 0.1,
-                  "param_groups": [{"pattern": "^hidden/", "lr_multiplier": 0.0}]})
+                  "param_groups": [{"pattern": "^hidden/", "lr_multiplier": 0.0}]}, trainer={"jit_compile": jit})
     before = {v.path: v.numpy().copy() for v in t.model.trainable_variables}
     _run(t, 5)
     for v in t.model.trainable_variables:
@@ -40,10 +44,11 @@ def test_group_with_multiplier_zero_stays_bit_identical():
             assert not np.array_equal(v.numpy(), before[v.path]), v.path
 
 
-def test_sgd_group_update_is_multiplier_times_base_update():
-    base = _trainer({"name": "sgd", "learning_rate": 0.1})
+@JIT
+def test_sgd_group_update_is_multiplier_times_base_update(jit):
+    base = _trainer({"name": "sgd", "learning_rate": 0.1}, trainer={"jit_compile": jit})
     half = _trainer({"name": "sgd", "learning_rate": 0.1,
-                     "param_groups": [{"pattern": "^out/", "lr_multiplier": 0.25}]})
+                     "param_groups": [{"pattern": "^out/", "lr_multiplier": 0.25}]}, trainer={"jit_compile": jit})
     w0 = {v.path: v.numpy().copy() for v in base.model.trainable_variables}
     _run(base, 1)
     _run(half, 1)
@@ -54,14 +59,20 @@ def test_sgd_group_update_is_multiplier_times_base_update():
         np.testing.assert_allclose(du_half, m * du_base, rtol=1e-5, atol=1e-7)
 
 
-def test_layer_decay_multipliers_follow_the_formula():
-    t = _trainer({"name": "sgd", "learning_rate": 0.1, "layer_decay": 0.5})
-    table = t.groups
-    assert table.num_layers == 2  # hidden, out
-    mult = t.lr_multipliers.numpy()
-    for i, v in enumerate(table.variables):
-        depth = 0 if v.path.startswith("hidden/") else 1
-        assert mult[i] == pytest.approx(0.5 ** (table.num_layers - 1 - depth))
+@JIT
+def test_layer_decay_update_is_decay_power_times_base_update(jit):
+    """What the compiled step applied: with SGD, one step's update of each layer is
+    0.5 ** (layers above it) times the update without layer decay (hidden: 0.5, out: 1)."""
+    base = _trainer({"name": "sgd", "learning_rate": 0.1}, trainer={"jit_compile": jit})
+    decayed = _trainer({"name": "sgd", "learning_rate": 0.1, "layer_decay": 0.5}, trainer={"jit_compile": jit})
+    assert decayed.groups.num_layers == 2  # hidden, out
+    w0 = {v.path: v.numpy().copy() for v in base.model.trainable_variables}
+    _run(base, 1)
+    _run(decayed, 1)
+    for vb, vd in zip(base.model.trainable_variables, decayed.model.trainable_variables):
+        m = 0.5 if vb.path.startswith("hidden/") else 1.0
+        np.testing.assert_allclose(vd.numpy() - w0[vb.path], m * (vb.numpy() - w0[vb.path]), rtol=1e-5, atol=1e-7,
+                                   err_msg=vb.path)
 
 
 def test_pattern_matching_nothing_raises_naming_it():
@@ -96,12 +107,15 @@ def test_group_table_written_to_model_dir(tmp_path):
     assert rows[0]["parameters"] == 8 * 3 + 3
 
 
-def test_accumulation_equals_one_larger_batch():
+@JIT
+def test_accumulation_equals_one_larger_batch(jit):
     # 2 micro-batches of 8 == one batch of 16 (the same examples, SGD, no shuffling).
     big = _trainer({"name": "sgd", "learning_rate": 0.1},
-                   task={"train_data": {"key": "groups", "batch_size": 16, "shuffle_buffer": 0}})
+                   task={"train_data": {"key": "groups", "batch_size": 16, "shuffle_buffer": 0}},
+                   trainer={"jit_compile": jit})
     acc = _trainer({"name": "sgd", "learning_rate": 0.1, "accumulation_steps": 2},
-                   task={"train_data": {"key": "groups", "batch_size": 8, "shuffle_buffer": 0}})
+                   task={"train_data": {"key": "groups", "batch_size": 8, "shuffle_buffer": 0}},
+                   trainer={"jit_compile": jit})
     _run(big, 3)
     _run(acc, 3)
     for a, b in zip(big.model.trainable_variables, acc.model.trainable_variables):
