@@ -13,7 +13,6 @@ import sys
 import textwrap
 import time
 
-import keras
 import pytest
 import tensorflow as tf
 
