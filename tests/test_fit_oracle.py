@@ -16,7 +16,8 @@ case asserts the documented difference instead:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import keras
 import numpy as np
@@ -139,7 +140,7 @@ def _fit(name: str, case: Case, initial: list, batches: list):
     x, y, w = (np.concatenate([b[i].numpy() for b in batches]) for i in range(3))
     kwargs = {}
     if case.task.get("class_weight") == "balanced":
-        labels = C._ARRAYS[f"oracle_{name}"][1]  # noqa: SLF001 - the whole training set, as tapeline counts it
+        labels = C._ARRAYS[f"oracle_{name}"][1]  # the whole training set, as tapeline counts it
         kwargs["class_weight"] = dict(enumerate(compute_class_weight("balanced", classes=np.arange(3), y=labels)))
     elif case.sample_weights:
         kwargs["sample_weight"] = w
@@ -157,7 +158,7 @@ def test_weights_equal_keras_fit(name, jit, tmp_path):
     case = CASES[name]
     t, initial, batches = _tapeline(name, case, jit, str(tmp_path))
     assert int(t.global_step.numpy()) == STEPS
-    assert t.steps._whole_step_xla() == (jit == "auto")  # noqa: SLF001 - the path this case is about
+    assert t.steps._whole_step_xla() == (jit == "auto")  # the path this case is about
     if name not in _FIT_CACHE:  # the reference does not depend on tapeline's jit setting
         _FIT_CACHE[name] = _fit(name, case, initial, batches)
     model, record = _FIT_CACHE[name]

@@ -8,7 +8,6 @@ from framework import controller as controller_lib
 from framework import trainer as trainer_lib
 from tests import _components as C
 
-
 JIT = pytest.mark.parametrize("jit", ["auto", False], ids=["auto", "nojit"])  # the default, and off
 
 

@@ -13,7 +13,6 @@ from framework.config import OptimizerConfig, ParamGroupConfig
 from framework.optim import groups as groups_lib
 from tests import _components as C
 
-
 JIT = pytest.mark.parametrize("jit", ["auto", False], ids=["auto", "nojit"])  # the default, and off
 
 
