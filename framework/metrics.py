@@ -1,8 +1,9 @@
 """Metrics by name (accuracy, top-k, precision/recall/F1, AUC, MSE/RMSE/MAE/R2), replica-correct.
 
-Every metric receives the dataset's labels as they are (sparse class ids of shape [B], or
-[B, 1] binary labels / regression targets for a one-output model) and the model's raw float32
-outputs (logits when the loss is `from_logits`). All state is sums: Keras metric variables are
+Every metric receives the dataset's labels as they are (sparse class ids of shape [B], one-hot
+rows [B, C] whose argmax is the class, as Keras reads them, or [B, 1] binary labels /
+regression targets for a one-output model) and the model's raw float32 outputs (logits when
+the loss is `from_logits`). All state is sums: Keras metric variables are
 `ON_READ` with SUM aggregation, so a result read in cross-replica context is exact over
 replicas and workers. `build` must be called inside the caller's `strategy.scope()`.
 
@@ -46,6 +47,31 @@ def _flat_weights(sample_weight: Any, like: tf.Tensor) -> tf.Tensor:
     if sample_weight is None:
         return tf.ones_like(like, tf.float32)
     return tf.cast(tf.reshape(sample_weight, [-1]), tf.float32)
+
+
+def _class_ids(y_true: Any, y_pred: tf.Tensor) -> tf.Tensor:
+    """Sparse labels as they are; one-hot (or soft) labels [B, C] of a C-output model: the argmax."""
+    y_true = tf.convert_to_tensor(y_true)
+    c = y_pred.shape[-1]
+    if y_true.shape.rank == 2 and y_pred.shape.rank == 2 and c is not None and c > 1 and y_true.shape[-1] == c:
+        return tf.argmax(y_true, axis=-1, output_type=tf.int32)
+    return y_true
+
+
+class _ClassIds:
+    """Mixin for Keras's sparse metrics: one-hot labels become class ids first (`_class_ids`)."""
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+        y_pred = tf.convert_to_tensor(y_pred)
+        return super().update_state(_class_ids(y_true, y_pred), y_pred, sample_weight=sample_weight)
+
+
+class SparseCategoricalAccuracy(_ClassIds, keras.metrics.SparseCategoricalAccuracy):
+    """Keras's, also for one-hot labels."""
+
+
+class SparseTopKCategoricalAccuracy(_ClassIds, keras.metrics.SparseTopKCategoricalAccuracy):
+    """Keras's, also for one-hot labels."""
 
 
 def _predicted_ids(y_pred: tf.Tensor, raw_threshold: float) -> tf.Tensor:
@@ -93,7 +119,7 @@ class ConfusionMatrix(keras.metrics.Metric):
         """Adds a batch: labels [B] or [B, 1], raw outputs [B, C] or [B, 1], weights [B]."""
         y_pred = tf.cast(tf.convert_to_tensor(y_pred), tf.float32)
         pred = _predicted_ids(y_pred, self._raw_threshold)
-        true = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
+        true = tf.cast(tf.reshape(_class_ids(y_true, y_pred), [-1]), tf.int32)
         w = _flat_weights(sample_weight, true)
         c = self.num_classes
         # One-hot products, not tf.math.confusion_matrix / bincount: those lower to scatter and
@@ -186,7 +212,7 @@ class AUC(keras.metrics.AUC):
         """Adds a batch: labels [B] or [B, 1], raw outputs [B, C] or [B, 1], weights [B]."""
         y_pred = tf.cast(tf.convert_to_tensor(y_pred), tf.float32)
         if self._n > 1:
-            y = tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), self._n)
+            y = tf.one_hot(tf.cast(tf.reshape(_class_ids(y_true, y_pred), [-1]), tf.int32), self._n)
             p = tf.nn.softmax(y_pred) if self._logits else y_pred
         else:
             y = tf.cast(tf.reshape(y_true, [-1, 1]), tf.float32)
@@ -211,13 +237,13 @@ def accuracy(*, num_classes: int | None = None, from_logits: bool = True,
     """
     if num_classes == 1:
         return _binary_accuracy("accuracy", from_logits=from_logits, threshold=threshold)
-    return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    return SparseCategoricalAccuracy(name="accuracy")
 
 
 @registry.register_metric("sparse_categorical_accuracy")
 def sparse_categorical_accuracy(*, num_classes: int | None = None, from_logits: bool = True) -> keras.metrics.Metric:
     """Fraction of examples whose argmax equals the sparse label."""
-    return keras.metrics.SparseCategoricalAccuracy(name="sparse_categorical_accuracy")
+    return SparseCategoricalAccuracy(name="sparse_categorical_accuracy")
 
 
 @registry.register_metric("binary_accuracy")
@@ -248,7 +274,7 @@ def top_k(*, num_classes: int | None = None, from_logits: bool = True, k: int = 
         raise ValueError(f"task.metrics.top_k.k: expected an integer >= 1; got {k!r}")
     if num_classes == 1:
         raise ValueError(f"task.metrics.top_k: needs a model with several outputs; got num_classes={num_classes}")
-    return keras.metrics.SparseTopKCategoricalAccuracy(k=k, name="top_k")
+    return SparseTopKCategoricalAccuracy(k=k, name="top_k")
 
 
 def _prf_factory(kind: str):

@@ -269,10 +269,12 @@ def test_balanced_class_weights_equal_sklearn():
 # ----------------------------------------------------------------------------- through the eval loop
 
 
-def test_eval_loop_padding_and_absent_class_equal_sklearn(tmp_path):
+@pytest.mark.parametrize("labels", ["sparse", "one_hot"])
+def test_eval_loop_padding_and_absent_class_equal_sklearn(tmp_path, labels):
     """21 eval examples in batches of 8 (3 padding rows: label 0, weight 0); class 0 is never a
     label nor a prediction of a real example, while the padding rows are predicted as class 0.
-    Macro P/R/F1 from the real eval loop equal scikit-learn on the 21 real examples."""
+    Macro P/R/F1 from the real eval loop equal scikit-learn on the 21 real examples, for sparse
+    labels and for one-hot labels (categorical_crossentropy; the class is the argmax)."""
     from framework import controller as controller_lib
     from tests import _components as comp
 
@@ -282,11 +284,13 @@ def test_eval_loop_padding_and_absent_class_equal_sklearn(tmp_path):
     shown[[2, 9, 15]] = np.where(y[[2, 9, 15]] == 3, 1, y[[2, 9, 15]] + 1)  # three mistakes
     x = (np.eye(4)[shown] + 0.05 * rng.normal(size=(21, 4))).astype(np.float32)
     w = rng.uniform(0.5, 2.0, 21).astype(np.float32)
-    comp.set_arrays("pad_eval", x, y, w)
+    comp.set_arrays("pad_eval", x, np.eye(4, dtype=np.float32)[y] if labels == "one_hot" else y, w)
     metrics = [{"name": k, "average": a, "alias": f"{k}_{a}"} for k in ("precision", "recall", "f1")
-               for a in ("macro", "weighted", "micro")]
+               for a in ("macro", "weighted", "micro")] + ["accuracy", {"name": "top_k", "k": 2}]
+    loss = "categorical_crossentropy" if labels == "one_hot" else "sparse_categorical_crossentropy"
     cfg = comp.make_config(task={"model": {"units": 4, "inputs": 4}, "train_data": {"key": "pad_eval"},
-                                 "eval_data": {"key": "pad_eval", "batch_size": 8}, "metrics": metrics})
+                                 "eval_data": {"key": "pad_eval", "batch_size": 8}, "metrics": metrics,
+                                 "loss": {"name": loss}})
     t = trainer_lib.build(cfg, tf.distribute.get_strategy())
     kernel, bias = 10.0 * np.eye(4, dtype=np.float32), np.array([3.0, 0, 0, 0], np.float32)
     t.model.get_layer("out").set_weights([kernel, bias])
@@ -294,8 +298,12 @@ def test_eval_loop_padding_and_absent_class_equal_sklearn(tmp_path):
     assert 0 not in pred and 0 not in y and np.argmax(bias) == 0  # padding rows: predicted 0
     got = controller_lib.Controller(trainer=t, model_dir=str(tmp_path)).evaluate(step=0)
     fns = {"precision": skm.precision_score, "recall": skm.recall_score, "f1": skm.f1_score}
+    logits = x @ kernel + bias
+    assert got["accuracy"] == pytest.approx(skm.accuracy_score(y, pred, sample_weight=w), abs=1e-6)
+    assert got["top_k"] == pytest.approx(skm.top_k_accuracy_score(y, logits, k=2, sample_weight=w,
+                                                                  labels=np.arange(4)), abs=1e-6)
     for key, value in got.items():
-        if key == "loss":
+        if key in ("loss", "accuracy", "top_k"):
             continue
         kind, avg = key.split("_")
         want = fns[kind](y, pred, average=avg, sample_weight=w, zero_division=0)
