@@ -126,7 +126,7 @@ def class_weight_vector(spec: Any, labels: np.ndarray, num_classes: int) -> list
     if spec is None:
         return None
     if spec == "balanced":
-        if labels.ndim >= 2 and labels.shape[-1] > 1:
+        if labels.ndim >= 2 and labels.shape[-1] == num_classes > 1:
             labels = np.argmax(labels, axis=-1)
         counts = np.bincount(labels.reshape(-1).astype(np.int64), minlength=num_classes).astype(np.float64)
         n = counts.sum()

@@ -103,7 +103,8 @@ class GroupTable:
         return np.array(out, dtype=np.float32)
 
     def table(self) -> list[dict]:
-        """Rows (group, pattern, variables, parameters, multiplier, weight_decay, trainable)."""
+        """Rows (group, pattern, variables, parameters, multiplier, weight_decay, trainable, paths),
+        each with `per_variable`: every variable's path, layer-decay depth and LR multiplier."""
         rows = []
         mult = self.multipliers(group_multipliers=[g.lr_multiplier for g in self.groups],
                                 layer_decay=self.layer_decay)
