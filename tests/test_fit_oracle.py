@@ -12,6 +12,8 @@ case asserts the documented difference instead:
   to the target, then starts the cosine): fit gets Keras's CosineDecay times that factor.
 - EMA starts from the weights before the first step (Keras's from the weights after it):
   tapeline's average = Keras's + decay**N * (W0 - W1).
+- With gradient accumulation the schedule counts optimizer steps; Keras's counts micro-batches
+  (it calls the schedule with its batch counter): fit gets the schedule of step // N.
 """
 from __future__ import annotations
 
@@ -45,6 +47,17 @@ def _warmup_cosine(lr: float, total: int, warmup: int) -> keras.optimizers.sched
             return cosine(step) * tf.minimum(1.0, (step + 1.0) / warmup)
 
     return Warmup()
+
+
+def _per_update(schedule: keras.optimizers.schedules.LearningRateSchedule,
+                every: int) -> keras.optimizers.schedules.LearningRateSchedule:
+    """`schedule` of the optimizer step, for a Keras optimizer that counts `every` micro-batches per step."""
+
+    class PerUpdate(keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            return schedule(tf.math.floordiv(tf.cast(step, tf.int64), every))
+
+    return PerUpdate()
 
 
 @dataclasses.dataclass
@@ -87,6 +100,11 @@ CASES = {
                           sample_weights=True),
     "accumulation": Case({"name": "adam", "learning_rate": 0.02, "accumulation_steps": 2},
                          lambda: keras.optimizers.Adam(0.02, gradient_accumulation_steps=2), accumulation=2),
+    "accumulation_schedule": Case(
+        {"name": "sgd", "learning_rate": 0.2, "accumulation_steps": 2,
+         "schedule": {"name": "exponential", "decay_rate": 0.5, "decay_steps": 2}},
+        lambda: keras.optimizers.SGD(_per_update(keras.optimizers.schedules.ExponentialDecay(0.2, 2, 0.5), 2),
+                                     gradient_accumulation_steps=2), accumulation=2),
     "global_clipnorm": Case({"name": "sgd", "learning_rate": 0.3, "clip": {"global_norm": 0.2}},
                             lambda: keras.optimizers.SGD(0.3, global_clipnorm=0.2)),
     "ema": Case({"name": "adam", "learning_rate": 0.02}, lambda: keras.optimizers.Adam(0.02, use_ema=True,
