@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import types
 import typing
 from typing import Any, Mapping, Optional, Union
@@ -143,6 +144,9 @@ class OptimizerConfig(Component):
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
     warmup_steps: int = 0
     layer_decay: Optional[float] = None
+    # Blocks for layer_decay (null: numbered layers, else the top-level layers): an ordered list of
+    # regexes (block i: the first that matches), or one regex whose first group is the block number.
+    layer_decay_blocks: Union[None, str, list] = None
     param_groups: list = dataclasses.field(default_factory=list)
     clip: ClipConfig = dataclasses.field(default_factory=ClipConfig)
     accumulation_steps: int = 1
@@ -502,6 +506,25 @@ def validate_runtime(r: RuntimeConfig) -> None:
             f"cpu_replicas={r.cpu_replicas}")
 
 
+def _check_layer_decay_blocks(spec: Any) -> None:
+    """`optimizer.layer_decay_blocks`: null, a regex with a group, or a non-empty list of regexes."""
+    key = "optimizer.layer_decay_blocks"
+    if spec is None:
+        return
+    items = [spec] if isinstance(spec, str) else spec
+    if not items or not all(isinstance(x, str) and x for x in items):
+        raise ConfigError(f"{key}: expected a regex or a non-empty list of regexes; got {spec!r}")
+    for i, x in enumerate(items):
+        where = key if isinstance(spec, str) else f"{key}[{i}]"
+        try:
+            rx = re.compile(x)
+        except re.error as e:
+            raise ConfigError(f"{where}: expected a valid regular expression ({e}); got {x!r}") from None
+        if isinstance(spec, str) and rx.groups < 1:
+            raise ConfigError(f"{key}: expected one regex whose first group is the block number "
+                              f"(or a list of regexes); got {spec!r}")
+
+
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     """Checks ranges and choices that need no TensorFlow; returns `cfg`.
 
@@ -541,6 +564,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         raise ConfigError(f"optimizer.warmup_steps: expected an integer >= 0; got {o.warmup_steps!r}")
     if o.layer_decay is not None and not 0.0 < o.layer_decay <= 1.0:
         raise ConfigError(f"optimizer.layer_decay: expected null or a number in (0, 1]; got {o.layer_decay!r}")
+    _check_layer_decay_blocks(o.layer_decay_blocks)
     for k in ("global_norm", "per_group_norm", "per_variable_norm", "value"):
         _positive(getattr(o.clip, k), f"optimizer.clip.{k}", allow_none=True)
     _positive(o.weight_decay, "optimizer.weight_decay", allow_zero=True, allow_none=True)

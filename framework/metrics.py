@@ -1,8 +1,9 @@
 """Metrics by name (accuracy, top-k, precision/recall/F1, AUC, MSE/RMSE/MAE/R2), replica-correct.
 
-Every metric receives the dataset's labels as they are (sparse class ids of shape [B], or
-[B, 1] binary labels / regression targets for a one-output model) and the model's raw float32
-outputs (logits when the loss is `from_logits`). All state is sums: Keras metric variables are
+Every metric receives the dataset's labels as they are (sparse class ids of shape [B], one-hot
+rows [B, C] whose argmax is the class, as Keras reads them, or [B, 1] binary labels /
+regression targets for a one-output model) and the model's raw float32 outputs (logits when
+the loss is `from_logits`). All state is sums: Keras metric variables are
 `ON_READ` with SUM aggregation, so a result read in cross-replica context is exact over
 replicas and workers. `build` must be called inside the caller's `strategy.scope()`.
 
@@ -48,6 +49,31 @@ def _flat_weights(sample_weight: Any, like: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.reshape(sample_weight, [-1]), tf.float32)
 
 
+def _class_ids(y_true: Any, y_pred: tf.Tensor) -> tf.Tensor:
+    """Sparse labels as they are; one-hot (or soft) labels [B, C] of a C-output model: the argmax."""
+    y_true = tf.convert_to_tensor(y_true)
+    c = y_pred.shape[-1]
+    if y_true.shape.rank == 2 and y_pred.shape.rank == 2 and c is not None and c > 1 and y_true.shape[-1] == c:
+        return tf.argmax(y_true, axis=-1, output_type=tf.int32)
+    return y_true
+
+
+class _ClassIds:
+    """Mixin for Keras's sparse metrics: one-hot labels become class ids first (`_class_ids`)."""
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+        y_pred = tf.convert_to_tensor(y_pred)
+        return super().update_state(_class_ids(y_true, y_pred), y_pred, sample_weight=sample_weight)
+
+
+class SparseCategoricalAccuracy(_ClassIds, keras.metrics.SparseCategoricalAccuracy):
+    """Keras's, also for one-hot labels."""
+
+
+class SparseTopKCategoricalAccuracy(_ClassIds, keras.metrics.SparseTopKCategoricalAccuracy):
+    """Keras's, also for one-hot labels."""
+
+
 def _predicted_ids(y_pred: tf.Tensor, raw_threshold: float) -> tf.Tensor:
     """Predicted class ids [B]: argmax, or `y_pred > raw_threshold` for a one-output model."""
     if y_pred.shape[-1] == 1:
@@ -62,8 +88,10 @@ class ConfusionMatrix(keras.metrics.Metric):
     """Weighted confusion matrix [true, predicted] from sparse labels and raw outputs.
 
     `result()` is the [C, C] matrix. A one-output model (binary) gives a 2 x 2 matrix. Besides
-    the matrix, `seen` counts (unweighted) how often each class occurs as a label or as a
-    prediction, so macro averages skip absent classes exactly as scikit-learn does.
+    the matrix, `seen` counts how often each class occurs as a label or as a prediction of an
+    example with a non-zero weight, so macro averages skip absent classes as scikit-learn does.
+    An example of weight 0 (the eval set's padding rows) counts nowhere: a class that occurs
+    only there is absent, as in scikit-learn on the data without those rows.
     """
 
     def __init__(self, *, num_classes: int, from_logits: bool = True, threshold: float | None = None,
@@ -91,15 +119,16 @@ class ConfusionMatrix(keras.metrics.Metric):
         """Adds a batch: labels [B] or [B, 1], raw outputs [B, C] or [B, 1], weights [B]."""
         y_pred = tf.cast(tf.convert_to_tensor(y_pred), tf.float32)
         pred = _predicted_ids(y_pred, self._raw_threshold)
-        true = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
+        true = tf.cast(tf.reshape(_class_ids(y_true, y_pred), [-1]), tf.int32)
         w = _flat_weights(sample_weight, true)
         c = self.num_classes
         # One-hot products, not tf.math.confusion_matrix / bincount: those lower to scatter and
         # DenseBincount ops that XLA cannot compile, and metrics run inside the XLA step.
         t1 = tf.one_hot(true, c, dtype=tf.float32)
         p1 = tf.one_hot(pred, c, dtype=tf.float32)
-        self.matrix.assign_add(tf.matmul(t1 * tf.cast(w, tf.float32)[:, None], p1, transpose_a=True))
-        self.seen.assign_add(tf.reduce_sum(t1, 0) + tf.reduce_sum(p1, 0))
+        self.matrix.assign_add(tf.matmul(t1 * w[:, None], p1, transpose_a=True))
+        counted = tf.cast(tf.not_equal(w, 0.0), tf.float32)[:, None]  # padding rows have weight 0
+        self.seen.assign_add(tf.reduce_sum(t1 * counted, 0) + tf.reduce_sum(p1 * counted, 0))
 
     def result(self) -> tf.Tensor:
         return tf.convert_to_tensor(self.matrix)
@@ -183,7 +212,7 @@ class AUC(keras.metrics.AUC):
         """Adds a batch: labels [B] or [B, 1], raw outputs [B, C] or [B, 1], weights [B]."""
         y_pred = tf.cast(tf.convert_to_tensor(y_pred), tf.float32)
         if self._n > 1:
-            y = tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), self._n)
+            y = tf.one_hot(tf.cast(tf.reshape(_class_ids(y_true, y_pred), [-1]), tf.int32), self._n)
             p = tf.nn.softmax(y_pred) if self._logits else y_pred
         else:
             y = tf.cast(tf.reshape(y_true, [-1, 1]), tf.float32)
@@ -208,13 +237,13 @@ def accuracy(*, num_classes: int | None = None, from_logits: bool = True,
     """
     if num_classes == 1:
         return _binary_accuracy("accuracy", from_logits=from_logits, threshold=threshold)
-    return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    return SparseCategoricalAccuracy(name="accuracy")
 
 
 @registry.register_metric("sparse_categorical_accuracy")
 def sparse_categorical_accuracy(*, num_classes: int | None = None, from_logits: bool = True) -> keras.metrics.Metric:
     """Fraction of examples whose argmax equals the sparse label."""
-    return keras.metrics.SparseCategoricalAccuracy(name="sparse_categorical_accuracy")
+    return SparseCategoricalAccuracy(name="sparse_categorical_accuracy")
 
 
 @registry.register_metric("binary_accuracy")
@@ -245,7 +274,7 @@ def top_k(*, num_classes: int | None = None, from_logits: bool = True, k: int = 
         raise ValueError(f"task.metrics.top_k.k: expected an integer >= 1; got {k!r}")
     if num_classes == 1:
         raise ValueError(f"task.metrics.top_k: needs a model with several outputs; got num_classes={num_classes}")
-    return keras.metrics.SparseTopKCategoricalAccuracy(k=k, name="top_k")
+    return SparseTopKCategoricalAccuracy(k=k, name="top_k")
 
 
 def _prf_factory(kind: str):

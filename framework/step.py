@@ -216,7 +216,9 @@ class Steps:
         w = tf.cast(w, tf.float32)
         if self.class_weights is not None:
             cw = tf.constant(self.class_weights, tf.float32)
-            ids = tf.cast(tf.reshape(y, [-1]), tf.int32)
+            # One-hot (or soft) labels [B, C]: the class is the argmax, as in Keras's fit.
+            one_hot = y.shape.rank is not None and y.shape.rank >= 2 and y.shape[-1] == len(self.class_weights) > 1
+            ids = tf.argmax(y, axis=-1, output_type=tf.int32) if one_hot else tf.cast(tf.reshape(y, [-1]), tf.int32)
             w = w * tf.gather(cw, ids)
         return w
 

@@ -124,8 +124,8 @@ class Trainer:
         base = float(self.schedule(tf.constant(step, tf.int64))) * float(self.lr_factor.numpy())
         mult = self.lr_multipliers.numpy()
         out = {}
-        for g in self.groups.groups:
-            out[g.name] = base * float(mult[g.indices[0]]) if g.indices else base * g.lr_multiplier
+        for name, i in self.groups.lr_curves().items():
+            out[name] = base * float(mult[i]) if i is not None else base * self.groups.groups[self.groups.index(name)].lr_multiplier
         return out
 
 
@@ -193,10 +193,16 @@ def _output_units(model: keras.Model) -> int | None:
 
 
 def class_weight_vector(spec: Any, labels: np.ndarray, num_classes: int) -> list[float] | None:
-    """Per-class weights from `task.class_weight` (null, 'balanced' or {class: weight})."""
+    """Per-class weights from `task.class_weight` (null, 'balanced' or {class: weight}).
+
+    `labels` are class ids, or one-hot / probability rows [N, C] whose argmax is the class (as
+    Keras's `fit` reads them for `class_weight`).
+    """
     if spec is None:
         return None
     if spec == "balanced":
+        if labels.ndim >= 2 and labels.shape[-1] == num_classes > 1:
+            labels = np.argmax(labels, axis=-1)
         counts = np.bincount(labels.reshape(-1).astype(np.int64), minlength=num_classes).astype(np.float64)
         n = counts.sum()
         return [float(n / (num_classes * c)) if c else 0.0 for c in counts]

@@ -13,7 +13,6 @@ import sys
 import textwrap
 import time
 
-import keras
 import pytest
 import tensorflow as tf
 
@@ -229,10 +228,6 @@ def test_tpu_silent_server_is_bounded_by_tpu_timeout():
 # ----------------------------------------------------------------------------- XLA (trap 5)
 
 
-def _tiny_model() -> keras.Model:
-    return keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)], name="tiny")
-
-
 def test_jit_allowed_resolution():
     default = tf.distribute.get_strategy()
     assert distribute.jit_allowed(default, "auto", model_has_conv=False)[0] is True
@@ -255,37 +250,6 @@ def test_jit_allowed_resolution():
     single = distribute.make_strategy(RuntimeConfig(strategy="mirrored"))
     if single.num_replicas_in_sync == 1:
         assert distribute.jit_allowed(single, "auto", model_has_conv=False)[0] is True
-
-
-@pytest.mark.parametrize("jit", [False, True])
-def test_trap5_jit_replica_fn_under_mirrored(jit):
-    """Trap 5, measured: XLA on the replica function under Mirrored (2 logical CPUs) fails."""
-    s = distribute.make_strategy(RuntimeConfig(strategy="mirrored", cpu_replicas=2))
-    with s.scope():
-        model = _tiny_model()
-        opt = keras.optimizers.SGD(0.1)
-        opt.build(model.trainable_variables)
-    ds = s.experimental_distribute_dataset(
-        tf.data.Dataset.from_tensors((tf.ones((4, 3)), tf.ones((4, 1)))))
-    x, y = next(iter(ds))
-
-    @tf.function(jit_compile=jit)
-    def replica_step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.square(model(x, training=True) - y))
-        grads = tape.gradient(loss, model.trainable_variables)
-        opt.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
-
-    @tf.function
-    def step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-        return s.reduce("SUM", s.run(replica_step, args=(x, y)), axis=None)
-
-    if not jit:
-        assert float(step(x, y)) > 0
-        return
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"located in device .*CPU:1 from device .*CPU:0"):
-        step(x, y)
 
 
 # ----------------------------------------------------------------------------- multi-worker (trap 8)

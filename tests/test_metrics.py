@@ -264,3 +264,48 @@ def test_balanced_class_weights_equal_sklearn():
     assert trainer_lib.class_weight_vector({1: 5.0}, y, 3) == [1.0, 5.0, 1.0]
     with pytest.raises(ValueError, match="class 7"):
         trainer_lib.class_weight_vector({7: 1.0}, y, 3)
+
+
+# ----------------------------------------------------------------------------- through the eval loop
+
+
+@pytest.mark.parametrize("labels", ["sparse", "one_hot"])
+def test_eval_loop_padding_and_absent_class_equal_sklearn(tmp_path, labels):
+    """21 eval examples in batches of 8 (3 padding rows: label 0, weight 0); class 0 is never a
+    label nor a prediction of a real example, while the padding rows are predicted as class 0.
+    Macro P/R/F1 from the real eval loop equal scikit-learn on the 21 real examples, for sparse
+    labels and for one-hot labels (categorical_crossentropy; the class is the argmax)."""
+    from framework import controller as controller_lib
+    from tests import _components as comp
+
+    rng = _rng(7)
+    y = rng.integers(1, 4, 21).astype(np.int32)
+    shown = y.copy()
+    shown[[2, 9, 15]] = np.where(y[[2, 9, 15]] == 3, 1, y[[2, 9, 15]] + 1)  # three mistakes
+    x = (np.eye(4)[shown] + 0.05 * rng.normal(size=(21, 4))).astype(np.float32)
+    w = rng.uniform(0.5, 2.0, 21).astype(np.float32)
+    comp.set_arrays("pad_eval", x, np.eye(4, dtype=np.float32)[y] if labels == "one_hot" else y, w)
+    metrics = [{"name": k, "average": a, "alias": f"{k}_{a}"} for k in ("precision", "recall", "f1")
+               for a in ("macro", "weighted", "micro")] + ["accuracy", {"name": "top_k", "k": 2}]
+    loss = "categorical_crossentropy" if labels == "one_hot" else "sparse_categorical_crossentropy"
+    cfg = comp.make_config(task={"model": {"units": 4, "inputs": 4}, "train_data": {"key": "pad_eval"},
+                                 "eval_data": {"key": "pad_eval", "batch_size": 8}, "metrics": metrics,
+                                 "loss": {"name": loss}})
+    t = trainer_lib.build(cfg, tf.distribute.get_strategy())
+    kernel, bias = 10.0 * np.eye(4, dtype=np.float32), np.array([3.0, 0, 0, 0], np.float32)
+    t.model.get_layer("out").set_weights([kernel, bias])
+    pred = np.argmax(x @ kernel + bias, axis=1)
+    assert 0 not in pred and 0 not in y and np.argmax(bias) == 0  # padding rows: predicted 0
+    got = controller_lib.Controller(trainer=t, model_dir=str(tmp_path)).evaluate(step=0)
+    fns = {"precision": skm.precision_score, "recall": skm.recall_score, "f1": skm.f1_score}
+    logits = x @ kernel + bias
+    assert got["accuracy"] == pytest.approx(skm.accuracy_score(y, pred, sample_weight=w), abs=1e-6)
+    assert got["top_k"] == pytest.approx(skm.top_k_accuracy_score(y, logits, k=2, sample_weight=w,
+                                                                  labels=np.arange(4)), abs=1e-6)
+    for key, value in got.items():
+        if key in ("loss", "accuracy", "top_k"):
+            continue
+        kind, avg = key.split("_")
+        want = fns[kind](y, pred, average=avg, sample_weight=w, zero_division=0)
+        assert value == pytest.approx(want, abs=1e-5), key
+    assert got["f1_macro"] < 1.0  # the mistakes count (not an all-correct shortcut)

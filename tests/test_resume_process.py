@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,12 +31,17 @@ def _state(model_dir):
                   if k.startswith(("model/", "optimizer/", "step/"))}
 
 
-def test_resume_in_new_process_is_bit_identical(tmp_path):
-    _cli(f"--model_dir={tmp_path / 'straight'}", f"--params_override={OVERRIDE}")
+# The user's default (whole-step XLA here) in the default suite; `false` in a new process is slow-only
+# (its in-process twin, tests/test_controller.py::test_resume_equals_straight_run, runs by default).
+@pytest.mark.parametrize("jit", ["auto", pytest.param("false", marks=pytest.mark.slow)])
+def test_resume_in_new_process_is_bit_identical(tmp_path, jit):
+    override = f"{OVERRIDE},trainer.jit_compile={jit}"
+    _cli(f"--model_dir={tmp_path / 'straight'}", f"--params_override={override}")
     stop = '{hooks: [{name: test_stop_at, step: 6}]}'
-    r1 = _cli(f"--model_dir={tmp_path / 'resumed'}", f"--params_override={OVERRIDE}", f"--params_override={stop}")
+    r1 = _cli(f"--model_dir={tmp_path / 'resumed'}", f"--params_override={override}", f"--params_override={stop}")
     assert "train | step 6/12" in r1.stderr and "train | step 9/12" not in r1.stderr
-    r2 = _cli(f"--model_dir={tmp_path / 'resumed'}", f"--params_override={OVERRIDE}")
+    assert f"jit_compile={jit == 'auto'}" in r1.stderr  # the path this case is about
+    r2 = _cli(f"--model_dir={tmp_path / 'resumed'}", f"--params_override={override}")
     assert "restored" in r2.stderr and "train | step 3/12" not in r2.stderr and "train | step 12/12" in r2.stderr
     pa, a = _state(tmp_path / "straight")
     pb, b = _state(tmp_path / "resumed")

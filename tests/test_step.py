@@ -1,5 +1,6 @@
 """The compiled step and inner loop: closed-form update, K-in-one equals K-single, trace counts."""
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from framework import trainer as trainer_lib
@@ -18,7 +19,11 @@ def _active(t):
     return list(range(len(t.groups.variables)))
 
 
-def test_one_sgd_step_equals_closed_form():
+JIT = pytest.mark.parametrize("jit", ["auto", False], ids=["auto", "nojit"])  # the default, and off
+
+
+@JIT
+def test_one_sgd_step_equals_closed_form(jit):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(8, 3)).astype(np.float32)
     y = rng.normal(size=(8,)).astype(np.float32)
@@ -26,7 +31,7 @@ def test_one_sgd_step_equals_closed_form():
     cfg = C.make_config(task={"model": {"units": 1}, "train_data": {"key": "sgd", "batch_size": 8,
                                                                    "shuffle_buffer": 0},
                               "eval_data": {"name": ""}, "loss": {"name": "mse"}, "metrics": []},
-                        optimizer={"name": "sgd", "learning_rate": 0.05})
+                        trainer={"jit_compile": jit}, optimizer={"name": "sgd", "learning_rate": 0.05})
     t = _build(cfg)
     w0 = t.model.get_layer("out").kernel.numpy().copy()
     b0 = t.model.get_layer("out").bias.numpy().copy()
@@ -41,11 +46,12 @@ def test_one_sgd_step_equals_closed_form():
     assert int(t.optimizer.iterations.numpy()) == 1
 
 
-def test_k_steps_in_one_call_equal_k_single_calls():
+@JIT
+def test_k_steps_in_one_call_equal_k_single_calls(jit):
     x, y = C.toy_classification(n=64)
     C.set_arrays("k", x, y)
     cfg = C.make_config(task={"train_data": {"key": "k"}, "eval_data": {"name": ""}},
-                        optimizer={"name": "adam", "learning_rate": 0.01})
+                        trainer={"jit_compile": jit}, optimizer={"name": "adam", "learning_rate": 0.01})
     a, b = _build(cfg), _build(cfg)
     np.testing.assert_array_equal(a.model.get_layer("out").kernel.numpy(), b.model.get_layer("out").kernel.numpy())
     a.steps.train_loop(_iter(a), 7, _active(a))
@@ -59,10 +65,11 @@ def test_k_steps_in_one_call_equal_k_single_calls():
     assert int(a.global_step.numpy()) == int(b.global_step.numpy()) == 7
 
 
-def test_no_retrace_across_loops_short_last_loop_and_partial_eval_batch():
+@JIT
+def test_no_retrace_across_loops_short_last_loop_and_partial_eval_batch(jit):
     x, y = C.toy_classification(n=50)  # 50 eval examples at batch 16: a partial last batch
     C.set_arrays("tr", x, y)
-    cfg = C.make_config(task={"train_data": {"key": "tr"}, "eval_data": {"key": "tr"}})
+    cfg = C.make_config(task={"train_data": {"key": "tr"}, "eval_data": {"key": "tr"}}, trainer={"jit_compile": jit})
     t = _build(cfg)
     it = _iter(t)
     for n in (5, 5, 3):  # the last loop is shorter
@@ -90,3 +97,24 @@ def test_eval_covers_whole_set_once_padding_excluded():
                  np.exp(logits - logits.max(1, keepdims=True)).sum(1))
     assert abs(float(t.steps.eval_metrics["accuracy"].result()) - acc) < 1e-6
     assert abs(float(t.steps.eval_loss_mean.result()) - ce.mean()) < 1e-5
+
+
+@JIT
+def test_one_hot_balanced_class_weight_trains_like_sparse(jit):
+    x, y = C.toy_classification(n=64, seed=4)
+    y[:40] = 0  # imbalanced: the balanced weights differ per class
+    C.set_arrays("cw_sparse", x, y)
+    C.set_arrays("cw_onehot", x, np.eye(3, dtype=np.float32)[y])
+    runs = []
+    for key, loss in (("cw_sparse", "sparse_categorical_crossentropy"), ("cw_onehot", "categorical_crossentropy")):
+        cfg = C.make_config(task={"train_data": {"key": key}, "eval_data": {"name": ""}, "loss": {"name": loss},
+                                  "metrics": [], "class_weight": "balanced"},
+                            trainer={"jit_compile": jit}, optimizer={"name": "adam", "learning_rate": 0.05})
+        t = _build(cfg)
+        t.steps.train_loop(_iter(t), 6, _active(t))
+        runs.append(t)
+    sparse, onehot = runs
+    assert onehot.steps.class_weights == pytest.approx(sparse.steps.class_weights, rel=1e-12)
+    assert len(set(np.round(sparse.steps.class_weights, 6))) == 3
+    for a, b in zip(sparse.model.trainable_variables, onehot.model.trainable_variables):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-6, atol=1e-7, err_msg=a.path)

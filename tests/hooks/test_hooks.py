@@ -180,3 +180,42 @@ def test_best_checkpoint_exports_best_model(tmp_path):
     assert (tmp_path / "best" / "export" / "model.keras").exists()
     loaded = keras.saving.load_model(str(tmp_path / "best" / "export" / "model.keras"), safe_mode=True)
     assert float(loaded.get_layer("d").bias.numpy()[0]) == 1.0
+
+
+@pytest.mark.parametrize("jit", ["auto", False], ids=["auto", "nojit"])
+def test_lr_factor_set_by_a_hook_is_what_the_compiled_step_applies(tmp_path, jit):
+    """A hook halves the LR (as ReduceLROnPlateau does) after the loop ending at step 2: SGD's step 3
+    moves the weights by -lr * 0.5 * gradient (taken here at the step-2 weights, on batch 3), with no
+    retrace, on the default path (whole-step XLA) and without XLA."""
+    import tensorflow as tf
+
+    from framework import controller as controller_lib
+    from framework import trainer as trainer_lib
+    from tests import _components as comp
+
+    x, y = comp.toy_classification(n=48)
+    comp.set_arrays("hook_lr", x, y)
+    cfg = comp.make_config(task={"model": {"hidden": 8}, "train_data": {"key": "hook_lr"}, "eval_data": {"name": ""},
+                                 "metrics": []},
+                           trainer={"train_steps": 3, "steps_per_loop": 2, "jit_compile": jit},
+                           optimizer={"name": "sgd", "learning_rate": 0.5})
+    t = trainer_lib.build(cfg, tf.distribute.get_strategy())
+    seen = {}
+
+    def halve_at_2(event, ctx):
+        if event == "train_loop_end" and ctx.step == 2:
+            seen["w2"] = [v.numpy().copy() for v in ctx.model.trainable_variables]
+            ctx.set_lr_factor(0.5)
+
+    it = iter(t.train_dataset(start_step=2))
+    bx, by, bw = next(it)
+    controller_lib.Controller(trainer=t, model_dir=str(tmp_path), hooks=[halve_at_2]).train(evaluate=False)
+    model = keras.models.clone_model(t.model)
+    model.set_weights(seen["w2"])
+    with tf.GradientTape() as tape:
+        ce = keras.losses.sparse_categorical_crossentropy(by, model(bx, training=True), from_logits=True)
+        loss = tf.reduce_sum(ce * bw) / cfg.task.train_data.batch_size
+    grads = tape.gradient(loss, model.trainable_variables)
+    for v, w2, g in zip(t.model.trainable_variables, seen["w2"], grads):
+        np.testing.assert_allclose(v.numpy() - w2, -0.5 * 0.5 * g.numpy(), rtol=1e-4, atol=1e-7, err_msg=v.path)
+    assert t.steps.traces["train"] == 1
