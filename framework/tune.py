@@ -162,6 +162,11 @@ def _pruners() -> dict[str, Callable[[], type]]:
 
 
 def _number(v: Any, key: str, want: str) -> Any:
+    if isinstance(v, str):  # YAML 1.1 reads '1e-4' (no dot) as a string: accept it as the number it is
+        try:
+            v = float(v)
+        except ValueError:
+            pass
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise ValueError(f"{key}: expected {want}; got {v!r}")
     if want == "an integer" and not float(v).is_integer():
