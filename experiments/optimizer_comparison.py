@@ -30,3 +30,16 @@ def optimizer_comparison() -> dict:
                      "metrics": ["accuracy"]},
             "trainer": {"train_steps": 600, "steps_per_loop": 100, "eval_interval": 100, "checkpoint_interval": 600},
             "optimizer": {"name": "adam", "learning_rate": 1e-3}}
+
+
+@registry.register_experiment("optimizer_tuned")
+def optimizer_tuned() -> dict:
+    """The same task, the optimizer and its learning rate searched by TPE with median pruning."""
+    cfg = optimizer_comparison()
+    cfg["tune"] = {"metric": "accuracy", "direction": "maximize", "trials": 12,
+                   "sampler": {"name": "tpe", "n_startup_trials": 4},
+                   # Prune from the second evaluation on (step 200), against trials 0-2 at the same step.
+                   "pruner": {"name": "median", "n_startup_trials": 3, "n_warmup_steps": 150},
+                   "space": {"optimizer.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+                             "optimizer.name": {"type": "categorical", "choices": ["sgd", "adam", "rmsprop"]}}}
+    return cfg

@@ -30,9 +30,11 @@ import inspect
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import warnings
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -359,7 +361,8 @@ def open_study(plan: Plan, storage_url: str) -> Any:
     except Exception as e:  # noqa: BLE001 - SQLAlchemy's errors: one line naming the URL, no traceback
         if type(e).__module__.split(".")[0] != "sqlalchemy":
             raise
-        raise ValueError(f"--tune_storage: cannot open {storage_url!r} ({str(e).splitlines()[0]})") from None
+        raise ValueError(f"--tune_storage: expected a reachable Optuna RDB URL (sqlite:///..., postgresql://..., "
+                         f"mysql://...); got {storage_url!r} ({str(e).splitlines()[0]})") from None
     if study.direction.name.lower() != plan.direction:
         raise ValueError(f"tune.direction: study {plan.study_name!r} in {storage_url} is "
                          f"{study.direction.name.lower()}; got {plan.direction!r}")
@@ -583,7 +586,16 @@ def launch_workers(workers: int, argv: Sequence[str], *, env: Mapping[str, str] 
         pre = (lambda s=share: os.sched_setaffinity(0, s)) if hasattr(os, "sched_setaffinity") else None
         procs.append(subprocess.Popen([sys.executable, "-m", "framework.main", *argv], env=child_env,
                                       preexec_fn=pre))  # noqa: PLW1509 - only sets the affinity
-    codes = [p.wait() for p in procs]
+    # A preemption of this process (SIGTERM) reaches the workers: each checkpoints its trial and
+    # re-queues it, so the next run resumes it.
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda *_: [p.send_signal(signal.SIGTERM) for p in procs])
+    try:
+        codes = [p.wait() for p in procs]
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     bad = [c for c in codes if c != 0]
     return bad[0] if bad else 0
 

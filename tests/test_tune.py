@@ -174,7 +174,7 @@ BAD = {
     "pruner": ("--params_override=tune.pruner=asha", "tune.pruner: expected one of median | hyperband | none"),
     "metric": ("--params_override=tune.metric=auc",
                "tune.metric: expected a metric the evaluation produces (loss, accuracy); got 'auc'"),
-    "storage": ("--tune_storage=nosuchdb://x/y", "--tune_storage: expected an Optuna RDB URL"),
+    "storage": ("--tune_storage=nosuchdb://x/y", "Optuna RDB URL (sqlite:///..., postgresql://..., mysql://...); got 'nosuchdb://x/y'"),
 }
 
 
