@@ -91,7 +91,7 @@ class Param:
                 return list(range(self.low, self.high + 1))
             raise ValueError(f"tune.space.{self.key}: the grid sampler needs choices or a step for a float; "
                              f"got {self.spec_text()}")
-        n = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+        n = math.floor((self.high - self.low) / self.step + 1e-9) + 1
         return [self.low + i * self.step if self.type == "int" else round(self.low + i * self.step, 12)
                 for i in range(n)]
 
@@ -358,7 +358,7 @@ def open_study(plan: Plan, storage_url: str) -> Any:
     except (ValueError, ImportError, optuna.exceptions.OptunaError) as e:
         raise ValueError(f"--tune_storage: expected an Optuna RDB URL (sqlite:///..., postgresql://..., "
                          f"mysql://...); got {storage_url!r} ({str(e).splitlines()[0]})") from None
-    except Exception as e:  # noqa: BLE001 - SQLAlchemy's errors: one line naming the URL, no traceback
+    except Exception as e:  # SQLAlchemy's errors: one line naming the URL, no traceback
         if type(e).__module__.split(".")[0] != "sqlalchemy":
             raise
         raise ValueError(f"--tune_storage: expected a reachable Optuna RDB URL (sqlite:///..., postgresql://..., "
@@ -473,59 +473,21 @@ RunTrial = Callable[[str, str, Sequence[Any]], dict]  # (override, run_dir, extr
 
 def work(study: Any, plan: Plan, *, model_dir: str, run_trial: RunTrial, worker: str = "") -> int:
     """Runs trials of `study` until it holds `plan.trials` finished ones; returns how many ran here."""
-    import optuna
-
-    from framework.controller import NonFiniteError
-    from framework.hooks.pruning import PruningHook
-
     ran = 0
     lock_path = os.path.join(model_dir, "tune.lock")
     while True:
         lock = _Lock(lock_path)
+        state: dict[str, Any] = {}
         try:
-            fail_dead_trials(study)
-            c = counts(study)
-            done, running = sum(c.get(s, 0) for s in _FINISHED), c.get("RUNNING", 0)
-            if done + running >= plan.trials:
-                if running:
-                    logging.info("tune%s: %d trials finished, %d running in other processes; nothing left here",
-                                 worker, done, running)
+            if not _room_for_more(study, plan, worker):
                 break
             study.sampler = _sampler(plan, len(study.get_trials(deepcopy=False)))
-            state: dict[str, Any] = {}
 
-            def objective(trial: Any) -> float:
+            def objective(trial: Any, lock: _Lock = lock, state: dict = state) -> float:
                 lock.release()  # the trial exists: others may be admitted while it runs
                 state["number"] = trial.number
-                trial.set_user_attr("owner", {"host": socket.gethostname(), "pid": os.getpid()})
-                if _surplus(study, trial.number, plan.trials):
-                    trial.set_user_attr("note", "surplus: the study was full when this trial started")
-                    raise _Surplus(f"trial {trial.number}: the study already holds {plan.trials} trials")
-                params = {p.key: p.suggest(trial) for p in plan.space}
-                frozen = study.get_trials(deepcopy=False)[trial.number]
-                origin = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
-                name = f"trial={origin if origin is not None else trial.number}"
-                trial.set_user_attr("run_dir", name)
-                if origin is not None:
-                    trial.set_user_attr("note", f"retry of trial {origin} (resumed in {name})")
-                run_dir = os.path.join(model_dir, name)
-                trial.set_user_attr("start_step", latest_step(run_dir))
-                write_hparams_session(run_dir, params, trial_id=name)
-                logging.info("tune%s: trial %d in %s: %s", worker, trial.number, name,
-                             ", ".join(f"{k}={v}" for k, v in params.items()))
-                hook = PruningHook(trial=trial, metric=plan.metric)
-                try:
-                    result = run_trial(plan.override(params), run_dir, [hook])
-                except NonFiniteError as e:
-                    # A diverged run is a bad result, not a broken trial: pruned, so TPE learns from it.
-                    trial.set_user_attr("note", f"diverged: {e}")
-                    raise optuna.TrialPruned(str(e)) from None
-                trial.set_user_attr("steps", int(result.get("step") or 0))
-                if str(result.get("stop_reason", "")).startswith("preempted"):
-                    raise _Interrupted(f"trial {trial.number} preempted at step {result.get('step')}")
-                if hook.pruned_at is not None:
-                    raise optuna.TrialPruned(f"at step {hook.pruned_at}: {plan.metric}={hook.value:.6g}")
-                return float((result.get("eval") or {})[plan.metric])
+                return _objective(trial, study=study, plan=plan, model_dir=model_dir, run_trial=run_trial,
+                                  worker=worker)
 
             study.optimize(objective, n_trials=1, catch=(_Surplus, _Interrupted), gc_after_trial=True)
         finally:
@@ -542,6 +504,57 @@ def work(study: Any, plan: Plan, *, model_dir: str, run_trial: RunTrial, worker:
             logging.warning("tune%s: trial %d was preempted; re-queued, stopping", worker, number)
             break
     return ran
+
+
+def _room_for_more(study: Any, plan: Plan, worker: str) -> bool:
+    """Under the lock: fails dead local trials, then whether finished + running < trials."""
+    fail_dead_trials(study)
+    c = counts(study)
+    done, running = sum(c.get(s, 0) for s in _FINISHED), c.get("RUNNING", 0)
+    if done + running < plan.trials:
+        return True
+    if running:
+        logging.info("tune%s: %d trials finished, %d running in other processes; nothing left here",
+                     worker, done, running)
+    return False
+
+
+def _objective(trial: Any, *, study: Any, plan: Plan, model_dir: str, run_trial: RunTrial, worker: str) -> float:
+    """One trial: its parameters, its run directory (the original one for a retry), the run, its value."""
+    import optuna
+
+    from framework.controller import NonFiniteError
+    from framework.hooks.pruning import PruningHook
+
+    trial.set_user_attr("owner", {"host": socket.gethostname(), "pid": os.getpid()})
+    if _surplus(study, trial.number, plan.trials):
+        trial.set_user_attr("note", "surplus: the study was full when this trial started")
+        raise _Surplus(f"trial {trial.number}: the study already holds {plan.trials} trials")
+    params = {p.key: p.suggest(trial) for p in plan.space}
+    frozen = study.get_trials(deepcopy=False)[trial.number]
+    origin = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+    name = f"trial={origin if origin is not None else trial.number}"
+    trial.set_user_attr("run_dir", name)
+    if origin is not None:
+        trial.set_user_attr("note", f"retry of trial {origin} (resumed in {name})")
+    run_dir = os.path.join(model_dir, name)
+    trial.set_user_attr("start_step", latest_step(run_dir))
+    write_hparams_session(run_dir, params, trial_id=name)
+    logging.info("tune%s: trial %d in %s: %s", worker, trial.number, name,
+                 ", ".join(f"{k}={v}" for k, v in params.items()))
+    hook = PruningHook(trial=trial, metric=plan.metric)
+    try:
+        result = run_trial(plan.override(params), run_dir, [hook])
+    except NonFiniteError as e:
+        # A diverged run is a bad result, not a broken trial: pruned, so TPE learns from it.
+        trial.set_user_attr("note", f"diverged: {e}")
+        raise optuna.TrialPruned(str(e)) from None
+    trial.set_user_attr("steps", int(result.get("step") or 0))
+    if str(result.get("stop_reason", "")).startswith("preempted"):
+        raise _Interrupted(f"trial {trial.number} preempted at step {result.get('step')}")
+    if hook.pruned_at is not None:
+        raise optuna.TrialPruned(f"at step {hook.pruned_at}: {plan.metric}={hook.value:.6g}")
+    return float((result.get("eval") or {})[plan.metric])
 
 
 def latest_step(run_dir: str) -> int:
@@ -647,11 +660,11 @@ def write_results(study: Any, plan: Plan, model_dir: str) -> dict[str, Any]:
         w.writerows([{k: ("" if r[k] is None else r[k]) for k in cols} for r in table])
     c = counts(study)
     best = best_trial(study)
-    lines = [f"# tune: study `{plan.study_name}`", "",
-             f"- {plan.direction} eval `{plan.metric}`; sampler {plan.sampler}, pruner {plan.pruner}; "
-             f"{sum(c.get(s, 0) for s in _FINISHED)} of {plan.trials} trials finished "
-             f"({c.get('COMPLETE', 0)} complete, {c.get('PRUNED', 0)} pruned, {c.get('FAIL', 0)} failed, "
-             f"{c.get('RUNNING', 0)} running)"]
+    status = (f"- {plan.direction} eval `{plan.metric}`; sampler {plan.sampler}, pruner {plan.pruner}; "
+              f"{sum(c.get(s, 0) for s in _FINISHED)} of {plan.trials} trials finished "
+              f"({c.get('COMPLETE', 0)} complete, {c.get('PRUNED', 0)} pruned, {c.get('FAIL', 0)} failed, "
+              f"{c.get('RUNNING', 0)} running)")
+    lines = [f"# tune: study `{plan.study_name}`", "", status]
     if best is not None:
         lines.append(f"- best: trial {best.number} ({best.user_attrs.get('run_dir', '')}), {plan.metric} "
                      f"{best.value:.6g}: " + ", ".join(f"`{k}={_cell(v)}`" for k, v in best.params.items()))

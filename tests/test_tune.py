@@ -121,8 +121,7 @@ def _wait_for(path, proc, timeout=240):
 
 
 def test_resume_after_sigkill_mid_trial_adds_no_trial(tmp_path):
-    flags = ["--params_override=trainer.train_steps=200,trainer.eval_interval=40,trainer.checkpoint_interval=8,"
-             "tune.trials=2"]
+    flags = ["--params_override=trainer.train_steps=200,trainer.eval_interval=40,trainer.checkpoint_interval=8,tune.trials=2"]
     cmd = [sys.executable, "-m", "framework.main", *BASE, f"--model_dir={tmp_path}", *flags]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -208,3 +207,42 @@ def test_core_split_gives_disjoint_shares():
     assert tune.core_split(2, [0, 1]) == [[0], [1]]
     assert tune.core_split(2, [0, 1, 2, 3]) == [[0, 2], [1, 3]]
     assert tune.core_split(3, [0, 1]) == [[0], [1], [0]]  # more workers than cores: shared, stated in the log
+
+
+def _resolver(*overrides):
+    def resolve(extra):
+        return main_lib.resolve_config(experiment="tune_test", imports=["tests._tune_experiment"], config_files=[],
+                                       overrides=[*overrides, *extra], runtime_flags={})
+    return resolve
+
+
+def test_grid_sampler_runs_every_combination_once_like_a_sweep(tmp_path):
+    space = {"optimizer.name": {"type": "categorical", "choices": ["sgd", "adam"]},
+             "optimizer.learning_rate": {"type": "float", "low": 0.1, "high": 0.3, "step": 0.1}}
+    resolve = _resolver(json.dumps({"tune": {"sampler": "grid", "pruner": "none", "trials": 20, "space": space}}))
+    plan = tune.make_plan(resolve([]), experiment="tune_test", resolve=resolve)
+    assert plan.trials == 6  # the grid's size, not tune.trials
+    study = tune.open_study(plan, tune.default_storage(str(tmp_path)))
+    seen = []
+
+    def run_trial(override, run_dir, hooks):  # records what each trial would run
+        seen.append(json.loads(override)["optimizer"])
+        return {"step": 12, "eval": {"accuracy": 0.5}}
+
+    assert tune.work(study, plan, model_dir=str(tmp_path), run_trial=run_trial) == 6
+    combos = sorted((o["name"], round(o["learning_rate"], 6)) for o in seen)
+    assert combos == sorted((n, lr) for n in ("sgd", "adam") for lr in (0.1, 0.2, 0.3))
+
+
+def test_results_with_a_single_complete_trial_plot_history_only(tmp_path):
+    resolve = _resolver()
+    plan = tune.make_plan(resolve([]), experiment="tune_test", resolve=resolve)
+    study = tune.open_study(plan, tune.default_storage(str(tmp_path)))
+    study.add_trial(optuna.trial.create_trial(
+        params={"optimizer.learning_rate": 0.1, "optimizer.name": "adam"}, value=0.9,
+        distributions={"optimizer.learning_rate": optuna.distributions.FloatDistribution(1e-3, 0.5, log=True),
+                       "optimizer.name": optuna.distributions.CategoricalDistribution(["sgd", "adam"])}))
+    summary = tune.write_results(study, plan, str(tmp_path))
+    assert summary["best"]["params"] == {"optimizer.learning_rate": 0.1, "optimizer.name": "adam"}
+    assert (tmp_path / "tune.png").stat().st_size > 5_000  # the history alone, with a note, no error
+    assert _yaml(tmp_path / "best_params.yaml") == {"optimizer": {"learning_rate": 0.1, "name": "adam"}}
