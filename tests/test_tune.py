@@ -146,6 +146,29 @@ def test_resume_after_sigkill_mid_trial_adds_no_trial(tmp_path):
     assert "retry of trial 1" in (tmp_path / "tune.md").read_text()
 
 
+@pytest.mark.slow
+def test_sigterm_mid_trial_checkpoints_requeues_and_the_rerun_resumes_it(tmp_path):
+    flags = ["--params_override=trainer.train_steps=200,trainer.eval_interval=40,trainer.checkpoint_interval=8,tune.trials=2"]
+    cmd = [sys.executable, "-m", "framework.main", *BASE, f"--model_dir={tmp_path}", *flags]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for(tmp_path / "trial=1" / "ckpt-16.index", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-3000:]
+    trials = _study(tmp_path).trials
+    # Preempted: checkpointed, failed (not counted) and queued again at once with its parameters.
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "WAITING"]
+    stopped_at = tune.latest_step(str(tmp_path / "trial=1"))
+    assert 16 <= stopped_at < 200
+
+    r = _cli(tmp_path, *flags)
+    assert r.returncode == 0, r.stderr[-3000:]
+    trials = _study(tmp_path).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert trials[2].params == trials[1].params
+    assert trials[2].user_attrs["run_dir"] == "trial=1" and trials[2].user_attrs["start_step"] == stopped_at
+
+
 def test_two_workers_finish_exactly_the_trials(tmp_path):
     r = _cli(tmp_path, "--tune_workers=2", "--params_override=tune.trials=3")
     assert r.returncode == 0, r.stderr[-3000:]
