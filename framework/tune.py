@@ -595,7 +595,9 @@ def launch_workers(workers: int, argv: Sequence[str], *, env: Mapping[str, str] 
     procs = []
     for i, share in enumerate(shares):
         child_env = dict(env or os.environ)
-        child_env.update({WORKER_ENV: str(i), THREADS_ENV: str(len(share)), "OMP_NUM_THREADS": str(len(share))})
+        n = str(len(share))
+        child_env.update({WORKER_ENV: str(i), THREADS_ENV: n, "OMP_NUM_THREADS": n, "TF_NUM_INTRAOP_THREADS": n,
+                          "TF_NUM_INTEROP_THREADS": "1"})
         pre = (lambda s=share: os.sched_setaffinity(0, s)) if hasattr(os, "sched_setaffinity") else None
         procs.append(subprocess.Popen([sys.executable, "-m", "framework.main", *argv], env=child_env,
                                       preexec_fn=pre))  # noqa: PLW1509 - only sets the affinity
@@ -620,8 +622,12 @@ def configure_worker_threads() -> str:
         return ""
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(int(n))
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(int(n))
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError as e:  # the runtime already started: TF_NUM_*_THREADS from the environment hold
+        logging.warning("tune: thread pools already set up (%s); using TF_NUM_INTRAOP_THREADS=%s", e,
+                        os.environ.get("TF_NUM_INTRAOP_THREADS"))
     return f" {os.environ.get(WORKER_ENV)} ({n} intra-op / 1 inter-op thread)"
 
 

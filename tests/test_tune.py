@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -76,6 +77,7 @@ def test_a_study_of_three_trials_end_to_end_and_best_params_round_trip(tmp_path)
     md = (tmp_path / "tune.md").read_text()
     assert f"best: trial {best.number}" in md and "3 complete, 0 pruned" in md
     assert (tmp_path / "tune.png").stat().st_size > 10_000
+    assert _hparams_sessions(tmp_path) == 1  # the HParams experiment (parameters, eval metrics) over the trials
 
     # best_params.yaml is a --config_file override that gives the best trial's config.
     cfg = main_lib.resolve_config(experiment="tune_test", imports=["tests._tune_experiment"],
@@ -120,6 +122,7 @@ def _wait_for(path, proc, timeout=240):
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_mid_trial_adds_no_trial(tmp_path):
     flags = ["--params_override=trainer.train_steps=200,trainer.eval_interval=40,trainer.checkpoint_interval=8,tune.trials=2"]
     cmd = [sys.executable, "-m", "framework.main", *BASE, f"--model_dir={tmp_path}", *flags]
@@ -170,7 +173,7 @@ def test_sigterm_mid_trial_checkpoints_requeues_and_the_rerun_resumes_it(tmp_pat
 
 
 def test_two_workers_finish_exactly_the_trials(tmp_path):
-    r = _cli(tmp_path, "--tune_workers=2", "--params_override=tune.trials=3")
+    r = _cli(tmp_path, "--tune_workers=2", "--params_override=tune.trials=3,trainer.train_steps=4")
     assert r.returncode == 0, r.stderr[-3000:]
     states = [t.state.name for t in _study(tmp_path).trials]
     assert states == ["COMPLETE"] * 3
@@ -269,3 +272,25 @@ def test_results_with_a_single_complete_trial_plot_history_only(tmp_path):
     assert summary["best"]["params"] == {"optimizer.learning_rate": 0.1, "optimizer.name": "adam"}
     assert (tmp_path / "tune.png").stat().st_size > 5_000  # the history alone, with a note, no error
     assert _yaml(tmp_path / "best_params.yaml") == {"optimizer": {"learning_rate": 0.1, "name": "adam"}}
+
+
+def test_admission_counts_finished_and_earlier_running_trials_only(tmp_path):
+    """Two machines both start a trial when one slot is left: the later-numbered one is surplus."""
+    resolve = _resolver("tune.trials=2")
+    plan = tune.make_plan(resolve([]), experiment="tune_test", resolve=resolve)
+    study = tune.open_study(plan, tune.default_storage(str(tmp_path)))
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.5))  # trial 0: complete
+    a, b = study.ask(), study.ask()  # trials 1 and 2, running at once
+    assert not tune._surplus(study, a.number, plan.trials) and tune._surplus(study, b.number, plan.trials)
+    # A live process on this host owns trial 1: the study is full, no worker here starts another.
+    a.set_user_attr("owner", {"host": socket.gethostname(), "pid": os.getpid()})
+    study.tell(b, state=optuna.trial.TrialState.FAIL)
+    ran = tune.work(study, plan, model_dir=str(tmp_path), run_trial=lambda *args: pytest.fail("must not run"))
+    assert ran == 0 and len(study.trials) == 3
+    # Once its process is gone, trial 1 is failed and re-queued; the retry runs in trial=1.
+    a.set_user_attr("owner", {"host": socket.gethostname(), "pid": 2 ** 22 + 1})
+    dirs = []
+    tune.work(study, plan, model_dir=str(tmp_path),
+              run_trial=lambda override, run_dir, hooks: dirs.append(run_dir) or {"step": 12, "eval": {"accuracy": 0.6}})
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "FAIL", "COMPLETE"]
+    assert dirs == [os.path.join(str(tmp_path), "trial=1")]
