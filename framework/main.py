@@ -220,6 +220,8 @@ def main(argv: Sequence[str]) -> int:
                              runtime_flags={"strategy": FLAGS.strategy, "tpu": FLAGS.tpu,
                                             "num_gpus": FLAGS.num_gpus, "cpu_replicas": FLAGS.cpu_replicas})
         model_dir = check_model_dir(FLAGS.model_dir)
+        if FLAGS.sweep and FLAGS.mode == "tune":
+            raise UserError(f"--sweep: not with --mode=tune (use tune.sampler: grid); got --sweep={FLAGS.sweep!r}")
         if FLAGS.sweep:
             return _sweep(model_dir)
         if FLAGS.mode == "tune":

@@ -288,7 +288,7 @@ def _check_key(cfg: Any, key: str) -> None:
     """A dotted space key names a config value: a dataclass field, or a kwarg its component accepts."""
     node, path = cfg, ""
     parts = key.split(".")
-    for i, part in enumerate(parts):
+    for part in parts:
         if not dataclasses.is_dataclass(node):
             raise ValueError(f"tune.space: unknown config key {key!r}; {path!r} is a value, not a section")
         fields = [f.name for f in dataclasses.fields(node)]
