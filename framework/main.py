@@ -264,7 +264,7 @@ def _sweep(model_dir: str) -> int:
 
 def _tune(cfg: Any, model_dir: str) -> int:
     """--mode=tune: checks the tune section, opens the study, runs trials (here or in N workers)."""
-    from framework import tune
+    from framework import tune, tune_report
 
     def resolve(overrides: Sequence[str]) -> Any:
         try:
@@ -298,7 +298,7 @@ def _tune(cfg: Any, model_dir: str) -> int:
                     return code
             else:
                 tune.work(study, plan, model_dir=model_dir, run_trial=run_trial)
-            summary = tune.write_results(study, plan, model_dir)
+            summary = tune_report.write_results(study, plan, model_dir)
     except (ValueError, UserError) as e:
         print(f"tapeline: error: {e}", file=sys.stderr)
         return 2

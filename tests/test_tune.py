@@ -17,7 +17,7 @@ import yaml
 
 from framework import config as config_lib
 from framework import main as main_lib
-from framework import tune
+from framework import tune, tune_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = ["--experiment=tune_test", "--import=tests._tune_experiment", "--mode=tune"]
@@ -268,7 +268,7 @@ def test_results_with_a_single_complete_trial_plot_history_only(tmp_path):
         params={"optimizer.learning_rate": 0.1, "optimizer.name": "adam"}, value=0.9,
         distributions={"optimizer.learning_rate": optuna.distributions.FloatDistribution(1e-3, 0.5, log=True),
                        "optimizer.name": optuna.distributions.CategoricalDistribution(["sgd", "adam"])}))
-    summary = tune.write_results(study, plan, str(tmp_path))
+    summary = tune_report.write_results(study, plan, str(tmp_path))
     assert summary["best"]["params"] == {"optimizer.learning_rate": 0.1, "optimizer.name": "adam"}
     assert (tmp_path / "tune.png").stat().st_size > 5_000  # the history alone, with a note, no error
     assert _yaml(tmp_path / "best_params.yaml") == {"optimizer": {"learning_rate": 0.1, "name": "adam"}}

@@ -323,7 +323,7 @@ def test_imbalanced_cancer_metrics_under_xla(tmp_path):
 
 def test_optimizer_tuned_runs_a_small_study(tmp_path):
     """The tuned variant's tune section is valid and drives a 2-trial study on the few-step config."""
-    from framework import tune
+    from framework import tune, tune_report
 
     overrides = [*SMALL, json.dumps({"tune": {"trials": 2}})]
 
@@ -339,7 +339,7 @@ def test_optimizer_tuned_runs_a_small_study(tmp_path):
     assert (plan.sampler, plan.pruner, plan.metric, plan.direction) == ("tpe", "median", "accuracy", "maximize")
     study = tune.open_study(plan, tune.default_storage(str(tmp_path)))
     assert tune.work(study, plan, model_dir=str(tmp_path), run_trial=run_trial) == 2
-    tune.write_results(study, plan, str(tmp_path))
+    tune_report.write_results(study, plan, str(tmp_path))
     trials = study.get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
     for t in trials:
