@@ -181,6 +181,26 @@ class HookConfig(Component):
     """One entry of `hooks`."""
 
 
+# --- tune: the `--mode=tune` search (framework/tune.py validates and runs it) -----------------
+
+
+@dataclasses.dataclass
+class TuneConfig:
+    """`tune`: a hyperparameter search on Optuna (used by `--mode=tune` only).
+
+    `space` maps dotted config keys to `{type: float|int|categorical, low, high, log, step,
+    choices}`; `sampler` and `pruner` are a name or `{name, ...kwargs of the Optuna class}`.
+    """
+
+    metric: str = "loss"  # an eval metric name (or 'loss')
+    direction: str = "auto"  # maximize | minimize | auto (minimize for loss/error/mse/mae)
+    trials: int = 20  # finished (complete + pruned) trials for the whole study, over all processes
+    sampler: Union[str, dict] = "tpe"  # tpe | random | grid
+    pruner: Union[str, dict] = "median"  # median | hyperband | none
+    space: dict = dataclasses.field(default_factory=dict)
+    study_name: Optional[str] = None  # default: the experiment's name
+
+
 @dataclasses.dataclass
 class ExperimentConfig:
     """The whole resolved experiment."""
@@ -190,6 +210,7 @@ class ExperimentConfig:
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     hooks: list = dataclasses.field(default_factory=list)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+    tune: TuneConfig = dataclasses.field(default_factory=TuneConfig)
 
 
 # Element types of list-valued fields that hold sections.

@@ -25,7 +25,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("experiment", None, "Registered experiment name.")
 flags.DEFINE_string("model_dir", None, "Directory for checkpoints, summaries, params.yaml, metrics.json.")
 flags.DEFINE_enum("mode", "train_and_eval",
-                  ["train_and_eval", "train", "eval", "lr_find", "inspect", "smoke", "cross_validate"], "What to run.")
+                  ["train_and_eval", "train", "eval", "lr_find", "inspect", "smoke", "cross_validate", "tune"],
+                  "What to run.")
 flags.DEFINE_integer("folds", 5, "--mode=cross_validate: number of folds K.", lower_bound=2)
 flags.DEFINE_bool("find_label_issues", False, "--mode=cross_validate: rank likely label errors from the "
                                               "out-of-fold predictions with cleanlab (label_issues.csv).")
@@ -40,6 +41,11 @@ flags.DEFINE_integer("cpu_replicas", None, "Split the CPU into N logical devices
                      lower_bound=0)
 flags.DEFINE_string("sweep", None, "Sub-runs over values: 'optimizer.name=sgd,adam[;key=v1,v2]' "
                                     "(one sub-directory of --model_dir each; sweep.csv/.md/.png).")
+# --- tune (--mode=tune; framework/tune.py)
+flags.DEFINE_string("tune_storage", None, "Optuna storage URL of the study (default sqlite:///<model_dir>/study.db); "
+                                          "a PostgreSQL/MySQL URL lets several machines share one study.")
+flags.DEFINE_integer("tune_workers", 1, "--mode=tune: local worker processes on the same study (cores split "
+                                        "between them).", lower_bound=1)
 flags.DEFINE_multi_string("import", [], "Extra module (by module name, never a path) that registers "
                                         "experiments or components; repeatable.")
 
@@ -104,7 +110,8 @@ def check_model_dir(path: str | None) -> str:
     return path
 
 
-def run(cfg: Any, *, model_dir: str, mode: str, hparams: dict | None = None) -> dict[str, Any]:
+def run(cfg: Any, *, model_dir: str, mode: str, hparams: dict | None = None,
+        extra_hooks: Sequence[Any] = ()) -> dict[str, Any]:
     """Builds and runs one experiment; returns a summary (final step, last evaluation)."""
     from framework import config as config_lib
     from framework import distribute as dist
@@ -132,7 +139,7 @@ def run(cfg: Any, *, model_dir: str, mode: str, hparams: dict | None = None) -> 
         raise UserError(str(e)) from None
     logging.info("strategy: %s", dist.describe(strategy))
     if chief:
-        return _run_built(cfg, strategy, model_dir=model_dir, mode=mode, hparams=hparams)
+        return _run_built(cfg, strategy, model_dir=model_dir, mode=mode, hparams=hparams, extra_hooks=extra_hooks)
     # Non-chief multi-worker processes take part in every collective (saves included) but
     # write into a temporary directory that is removed: only the chief's outputs are real.
     scratch = tempfile.mkdtemp(prefix="tapeline-worker-")
@@ -141,12 +148,13 @@ def run(cfg: Any, *, model_dir: str, mode: str, hparams: dict | None = None) -> 
         for f in os.listdir(model_dir):
             if f == "checkpoint" or f.startswith("ckpt-"):
                 shutil.copy2(os.path.join(model_dir, f), scratch)
-        return _run_built(cfg, strategy, model_dir=scratch, mode=mode, hparams=hparams)
+        return _run_built(cfg, strategy, model_dir=scratch, mode=mode, hparams=hparams, extra_hooks=extra_hooks)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _run_built(cfg: Any, strategy: Any, *, model_dir: str, mode: str, hparams: dict | None) -> dict[str, Any]:
+def _run_built(cfg: Any, strategy: Any, *, model_dir: str, mode: str, hparams: dict | None,
+               extra_hooks: Sequence[Any] = ()) -> dict[str, Any]:
     from framework import controller as controller_lib
     from framework import registry
     from framework import trainer as trainer_lib
@@ -157,7 +165,7 @@ def _run_built(cfg: Any, strategy: Any, *, model_dir: str, mode: str, hparams: d
 
             cfg = smoke.smoke_config(cfg)
         # Hooks first: their kwargs are checked before the (slower) data and model build.
-        hooks = build_hooks(cfg.hooks)
+        hooks = build_hooks(cfg.hooks) + list(extra_hooks)  # extra: the tuner's pruning hook
         trainer = trainer_lib.build(cfg, strategy)
     except (ValueError, KeyError) as e:  # config that only the data or model can refute
         raise UserError(str(e)) from None
@@ -199,7 +207,8 @@ def _run_built(cfg: Any, strategy: Any, *, model_dir: str, mode: str, hparams: d
         raise UserError(f"cannot write to --model_dir {model_dir!r} ({reason}); the latest complete checkpoint "
                         f"is still {ctl.checkpointer.latest or 'none'}") from None
     return {"step": step, "eval": ctl.last_eval, "history": ctl.eval_history, "test": ctl.test_metrics,
-            "overfit": ctl.overfit, "controller": ctl}
+            "overfit": ctl.overfit, "controller": ctl,
+            "stop_reason": ctl.ctx.stop_reason}
 
 
 def _inspect(cfg: Any, *, model_dir: str) -> dict[str, Any]:
@@ -270,10 +279,14 @@ def main(argv: Sequence[str]) -> int:
                              runtime_flags={"strategy": FLAGS.strategy, "tpu": FLAGS.tpu,
                                             "num_gpus": FLAGS.num_gpus, "cpu_replicas": FLAGS.cpu_replicas})
         model_dir = check_model_dir(FLAGS.model_dir)
+        if FLAGS.sweep and FLAGS.mode == "tune":
+            raise UserError(f"--sweep: not with --mode=tune (use tune.sampler: grid); got --sweep={FLAGS.sweep!r}")
         if FLAGS.sweep:
             return _sweep(model_dir)
         if FLAGS.mode == "cross_validate":
             return _cross_validate(model_dir)
+        if FLAGS.mode == "tune":
+            return _tune(cfg, model_dir)
         result = run(cfg, model_dir=model_dir, mode=FLAGS.mode)
     except UserError as e:
         print(f"tapeline: error: {e}", file=sys.stderr)
@@ -347,6 +360,54 @@ def _cross_validate(model_dir: str) -> int:
         return 0
     means = ", ".join(f"{k} {v:.4f}" for k, v in report["mean"].items())
     print(f"tapeline: {FLAGS.folds}-fold cross-validation done (mean {means}); {os.path.join(model_dir, 'cv.md')}")
+    return 0
+
+
+def _tune(cfg: Any, model_dir: str) -> int:
+    """--mode=tune: checks the tune section, opens the study, runs trials (here or in N workers)."""
+    from framework import tune, tune_report
+
+    def resolve(overrides: Sequence[str]) -> Any:
+        try:
+            return resolve_config(experiment=FLAGS.experiment, imports=FLAGS["import"].value,
+                                  config_files=FLAGS.config_file, overrides=[*FLAGS.params_override, *overrides],
+                                  runtime_flags={"strategy": FLAGS.strategy, "tpu": FLAGS.tpu,
+                                                 "num_gpus": FLAGS.num_gpus, "cpu_replicas": FLAGS.cpu_replicas})
+        except UserError as e:
+            raise ValueError(str(e)) from None
+
+    def run_trial(override: str, run_dir: str, hooks: Sequence[Any]) -> dict[str, Any]:
+        return run(resolve([override]), model_dir=check_model_dir(run_dir), mode="train_and_eval",
+                   extra_hooks=hooks)
+
+    worker = os.environ.get(tune.WORKER_ENV)
+    try:
+        with tune.quiet_optuna():
+            plan = tune.make_plan(cfg, experiment=FLAGS.experiment, resolve=resolve)
+            storage = FLAGS.tune_storage or tune.default_storage(model_dir)
+            study = tune.open_study(plan, storage)
+            if worker is not None:
+                label = tune.configure_worker_threads()
+                logging.info("tune worker%s: study %r in %s", label, plan.study_name, storage)
+                tune.work(study, plan, model_dir=model_dir, run_trial=run_trial, worker=f" worker {worker}")
+                return 0
+            logging.info("tune: study %r in %s; %d of %d trials finished; dashboard: optuna-dashboard %s",
+                         plan.study_name, storage, tune.finished(study), plan.trials, storage)
+            if FLAGS.tune_workers > 1:
+                code = tune.launch_workers(FLAGS.tune_workers, sys.argv[1:])
+                if code:
+                    return code
+            else:
+                tune.work(study, plan, model_dir=model_dir, run_trial=run_trial)
+            summary = tune_report.write_results(study, plan, model_dir)
+    except (ValueError, UserError) as e:
+        print(f"tapeline: error: {e}", file=sys.stderr)
+        return 2
+    best = summary["best"]
+    c = summary["counts"]
+    print(f"tapeline: tune: {c.get('COMPLETE', 0)} complete, {c.get('PRUNED', 0)} pruned, {c.get('FAIL', 0)} failed; "
+          + (f"best trial {best['number']}: {plan.metric}={best['value']:.6g} {best['params']}; " if best else "")
+          + f"{os.path.join(model_dir, 'tune.md')}, {os.path.join(model_dir, 'best_params.yaml')}")
     return 0
 
 

@@ -219,6 +219,40 @@ def check_optimizers(rd: str) -> Check:
     return Check("eval accuracy " + ", ".join(f"{k} {_f(acc[k])}" for k in ("sgd", "adam", "rmsprop")), ok, details)
 
 
+def read_tune(tune_dir: str) -> list[dict[str, Any]]:
+    """tune.csv rows (number, state, parameters, metric, steps, seconds), numbers converted."""
+    with open(os.path.join(tune_dir, "tune.csv"), encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k, v in r.items():
+            try:
+                r[k] = float(v) if k not in ("state", "run_dir", "note", "optimizer.name") else v
+            except (TypeError, ValueError):
+                pass
+    return rows
+
+
+def check_tuned(rd: str) -> Check:
+    rows = read_tune(os.path.join(rd, "optimizer_tuned"))
+    done = [r for r in rows if r["state"] == "complete"]
+    pruned = [r for r in rows if r["state"] == "pruned"]
+    best = max(done, key=lambda r: r["accuracy"])
+    grid = ""
+    grid_dir = os.path.join(rd, "optimizer_comparison")
+    if os.path.exists(os.path.join(grid_dir, "sweep.csv")):
+        g = max(read_sweep(grid_dir), key=lambda r: r["eval_accuracy"])
+        grid = f" vs the grid's best {_f(g['eval_accuracy'])} ({g['run']}, learning rate 1e-3)"
+    table = _md_table(["trial", "state", "optimizer", "learning rate", "eval accuracy", "steps run"],
+                      [[int(r["number"]), r["state"], r["optimizer.name"], f"{r['optimizer.learning_rate']:.3g}",
+                        _f(r["accuracy"]), int(r["steps"])] for r in rows])
+    details = (f"{len(rows)} trials (TPE, 4 random start-up trials; median pruning from step 200 against the "
+               "trials before at the same step). Eval accuracy of a pruned trial is at the step it was stopped:\n\n"
+               + table)
+    return Check(f"best eval accuracy {_f(best['accuracy'])} (trial {int(best['number'])}: {best['optimizer.name']}, "
+                 f"learning rate {best['optimizer.learning_rate']:.3g}){grid}; {len(pruned)} of {len(rows)} trials "
+                 f"pruned", best["accuracy"] >= 0.97 and len(pruned) >= 1, details)
+
+
 def _fit_table(rd: str, sub: str, label: str) -> tuple[dict[str, dict[str, float]], str]:
     """Per sweep value: train accuracy/loss (inference mode) and eval accuracy/loss, and a table."""
     runs = _sweep_runs(os.path.join(rd, sub))
@@ -359,6 +393,9 @@ SPECS = [
     Spec("optimizer_comparison", "Adam and RMSprop reach eval accuracy >= 0.95; plain SGD trails both",
          lambda rd: [_run("optimizer_comparison", rd, "--sweep=optimizer.name=sgd,adam,rmsprop")],
          check_optimizers),
+    Spec("optimizer_tuned", "TPE + median pruning over optimizer x learning rate (12 trials) finds eval accuracy "
+         ">= 0.97; the pruner stops at least one trial",
+         lambda rd: [_run("optimizer_tuned", rd, "--mode=tune")], check_tuned),
     Spec("digits_augment", "both runs reach eval accuracy >= 0.98 with a train/eval accuracy gap <= 0.02 "
          "(on 8x8 digits augmentation does not shrink the gap)",
          lambda rd: [_run("digits_augment", rd, "--sweep=task.model.augment=false,true")], check_augment),

@@ -330,3 +330,36 @@ def test_sweep_writes_report_and_sub_runs(tmp_path):
 def test_imbalanced_cancer_metrics_under_xla(tmp_path):
     metrics = _run("imbalanced_cancer", str(tmp_path), "trainer.jit_compile=true")
     assert all(math.isfinite(v) for v in metrics.values())
+
+
+# ----------------------------------------------------------------------------------- tuning
+
+
+def test_optimizer_tuned_runs_a_small_study(tmp_path):
+    """The tuned variant's tune section is valid and drives a 2-trial study on the few-step config."""
+    from framework import tune, tune_report
+
+    overrides = [*SMALL, json.dumps({"tune": {"trials": 2}})]
+
+    def resolve(extra):
+        return main_lib.resolve_config(experiment="optimizer_tuned", imports=[], config_files=[],
+                                       overrides=[*overrides, *extra], runtime_flags={})
+
+    def run_trial(override, run_dir, hooks):
+        return main_lib.run(resolve([override]), model_dir=main_lib.check_model_dir(run_dir), mode="train_and_eval",
+                            extra_hooks=hooks)
+
+    plan = tune.make_plan(resolve([]), experiment="optimizer_tuned", resolve=resolve)
+    assert (plan.sampler, plan.pruner, plan.metric, plan.direction) == ("tpe", "median", "accuracy", "maximize")
+    study = tune.open_study(plan, tune.default_storage(str(tmp_path)))
+    assert tune.work(study, plan, model_dir=str(tmp_path), run_trial=run_trial) == 2
+    tune_report.write_results(study, plan, str(tmp_path))
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    for t in trials:
+        assert t.params["optimizer.name"] in ("sgd", "adam", "rmsprop")
+        assert 1e-4 <= t.params["optimizer.learning_rate"] <= 1e-1
+        assert json.loads((tmp_path / f"trial={t.number}" / "metrics.json").read_text())["accuracy"] == \
+            pytest.approx(t.value)
+    with open(tmp_path / "tune.csv", newline="", encoding="utf-8") as f:
+        assert len(list(csv.DictReader(f))) == 2
