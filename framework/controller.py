@@ -21,7 +21,9 @@ from absl import logging
 from framework import checkpoint as ckpt_lib
 from framework import summaries as summ
 from framework.hooks import RunContext
+from framework.hooks import base as hooks_base
 from framework.hooks import export as export_lib
+from framework.hooks.context import EveryNSteps
 from framework.trainer import Trainer
 
 
@@ -84,7 +86,8 @@ class Controller:
     Args:
       trainer: the built run.
       model_dir: where checkpoints, summaries, params.yaml and metrics.json go.
-      hooks: callables `hook(event, ctx)`; optional `state()` / `load_state(d)` are checkpointed.
+      hooks: `hooks.base.Hook`s (a plain callable `hook(event, ctx)` is wrapped); their `state()`
+        is checkpointed.
       save_checkpoints: False for runs that must leave no checkpoint (lr_find).
     """
 
@@ -93,7 +96,7 @@ class Controller:
         self.t = trainer
         self.cfg = trainer.cfg
         self.model_dir = model_dir
-        self.hooks = list(hooks)
+        self.hooks = [hooks_base.as_hook(h, section=f"hooks[{i}]") for i, h in enumerate(hooks)]
         self.summaries = summ.Summaries(model_dir=model_dir)
         self.save_checkpoints = save_checkpoints
         self.phases = resolve_phases(trainer)
@@ -137,22 +140,21 @@ class Controller:
     # ----------------------------------------------------------------- hook plumbing
 
     def _hook_state(self) -> dict:
-        return {str(i): h.state() for i, h in enumerate(self.hooks) if hasattr(h, "state")}
+        out = {}
+        for i, h in enumerate(self.hooks):
+            state = h.state()
+            if state is not None:
+                out[str(i)] = state
+        return out
 
     def _load_hook_state(self, data: dict) -> None:
         for i, h in enumerate(self.hooks):
-            if hasattr(h, "load_state") and str(i) in data:
+            if str(i) in data:
                 h.load_state(data[str(i)])
 
     def _dispatch(self, event: str) -> None:
-        hooks = self.hooks
-        if event == "end":
-            # Hooks that put other weights into the model (early stopping's restore_best) run
-            # first, whatever their place in the config, so that exports and reports at the
-            # end see the weights the run ends with (the order is otherwise kept).
-            hooks = sorted(hooks, key=lambda h: not getattr(h, "restores_weights", False))
-        for h in hooks:
-            h(event, self.ctx)
+        for h in hooks_base.ordered(self.hooks, event):  # the ordering rule lives in hooks.base
+            h.dispatch(event, self.ctx)
 
     # ----------------------------------------------------------------- phases
 
@@ -304,7 +306,7 @@ class Controller:
         if not self.cfg.trainer.export or not self.save_checkpoints:
             return None
         for h in self.hooks:
-            h = getattr(h, "hook", h)  # every_n_steps wrapper
+            h = h.hook if isinstance(h, EveryNSteps) else h
             if isinstance(h, export_lib.Export) and os.path.normpath(h.subdir) == "export":
                 return None
         return export_lib.Export(subdir="export")

@@ -264,7 +264,7 @@ def build_hooks(hook_cfgs: Sequence[Any]) -> list[Any]:
         n = kwargs.pop("every_n_steps", None)
         hook = registry.build(registry.HOOKS, h.name, kwargs, section=f"hooks[{i}]")
         if not callable(hook):
-            raise ValueError(f"hooks[{i}]: factory {h.name!r} must return a callable hook(event, ctx); "
+            raise ValueError(f"hooks[{i}]: factory {h.name!r} must return a Hook or a callable hook(event, ctx); "
                              f"got {type(hook).__name__}")
         out.append(every_n_steps(n, hook) if n is not None else hook)
     return out

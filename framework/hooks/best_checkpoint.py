@@ -7,13 +7,14 @@ import os
 import tensorflow as tf
 from absl import logging
 
+from framework import atomic, registry
 from framework import checkpoint as ckpt_lib
-from framework import registry
+from framework.hooks.base import Hook, monitored
 from framework.hooks.context import RunContext
 from framework.hooks.early_stopping import resolve_mode
 
 
-class BestCheckpoint:
+class BestCheckpoint(Hook):
     """Keeps the `keep` best model checkpoints; `best/best.json` lists them with their metrics.
 
     A checkpoint (and the optional export) holds the weights that were scored: the EMA
@@ -33,19 +34,16 @@ class BestCheckpoint:
         return os.path.join(ctx.model_dir, "best")
 
     def records(self, model_dir: str) -> list[dict]:
+        """The kept checkpoints, best first, as `best/best.json` lists them."""
         path = os.path.join(model_dir, "best", "best.json")
         if not os.path.exists(path):
             return []
         with open(path, encoding="utf-8") as f:
             return json.load(f)
 
-    def __call__(self, event: str, ctx: RunContext) -> None:
-        if event != "eval_end":
-            return
-        if self.monitor not in ctx.eval_logs:
-            raise ValueError(f"hooks.best_checkpoint.monitor: no eval metric {self.monitor!r}; "
-                             f"eval metrics: {', '.join(ctx.eval_logs)}")
-        value = float(ctx.eval_logs[self.monitor])
+    def eval_end(self, ctx: RunContext) -> None:
+        """Writes a checkpoint of the scored weights if this evaluation ranks among the best `keep`."""
+        value = monitored(ctx.eval_logs, self.monitor, section="hooks.best_checkpoint")
         records = self.records(ctx.model_dir)
         if any(r["step"] == ctx.step for r in records):
             return
@@ -67,10 +65,7 @@ class BestCheckpoint:
                 if f.startswith(r["path"] + "."):
                     os.remove(os.path.join(d, f))
         ranked = ranked[:self.keep]
-        tmp = os.path.join(d, f"best.json.tmp-{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(ranked, f, indent=1)
-        os.replace(tmp, os.path.join(d, "best.json"))
+        atomic.write_json(os.path.join(d, "best.json"), ranked)
         logging.info("best_checkpoint: step %d %s=%.6g kept in %s", ctx.step, self.monitor, value, d)
         if self.export and ranked[0]["step"] == ctx.step:
             from framework.hooks.export import export_model
@@ -81,4 +76,5 @@ class BestCheckpoint:
 
 @registry.register_hook("best_checkpoint")
 def best_checkpoint(monitor: str = "loss", mode: str = "auto", keep: int = 1, export: bool = False) -> BestCheckpoint:
+    """`hooks: [{name: best_checkpoint, monitor: accuracy, keep: 3, export: false}]`."""
     return BestCheckpoint(monitor=monitor, mode=mode, keep=keep, export=export)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable
 
+from framework.hooks.base import Event, Hook, as_hook
+
 
 class RunContext:
     """The controller's face towards hooks.
@@ -84,31 +86,36 @@ class RunContext:
         self._c.t.steps.reset_ema()
 
 
-class EveryNSteps:
-    """Runs a hook's `train_loop_end` only when the step crossed a multiple of `n`.
-
-    Other events pass through; `state()` / `load_state()` of the wrapped hook are kept.
+class EveryNSteps(Hook):
+    """"When" for another hook: its `train_loop_end` runs only when the step crossed a multiple
+    of `n`; its other events, state and `restores_weights` pass through.
     """
 
-    def __init__(self, n: int, hook: Callable[[str, RunContext], None]) -> None:
-        if not isinstance(n, int) or n <= 0:
+    def __init__(self, *, n: int, hook: Hook) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
             raise ValueError(f"every_n_steps: expected an integer > 0; got {n!r}")
         self.n, self.hook = n, hook
+        self.restores_weights = hook.restores_weights
         self._last: int | None = None
-        if hasattr(hook, "state"):
-            self.state = hook.state
-        if hasattr(hook, "load_state"):
-            self.load_state = hook.load_state
 
-    def __call__(self, event: str, ctx: RunContext) -> None:
-        if event == "train_loop_end":
+    def dispatch(self, event: Event | str, ctx: RunContext) -> None:
+        """Passes `event` on, except a `train_loop_end` within the same multiple of `n`."""
+        if Event(event) is Event.TRAIN_LOOP_END:
             k = ctx.step // self.n
             if self._last is not None and k == self._last:
                 return
             self._last = k
-        self.hook(event, ctx)
+        self.hook.dispatch(event, ctx)
+
+    def state(self) -> dict | None:
+        """The wrapped hook's state."""
+        return self.hook.state()
+
+    def load_state(self, state: dict) -> None:
+        """Restores the wrapped hook's state."""
+        self.hook.load_state(state)
 
 
-def every_n_steps(n: int, hook: Callable[[str, RunContext], None]) -> EveryNSteps:
+def every_n_steps(n: int, hook: Callable[[str, RunContext], None] | Hook) -> EveryNSteps:
     """`hooks: [{name: x, every_n_steps: 500}]` wraps hook x with this."""
-    return EveryNSteps(n, hook)
+    return EveryNSteps(n=n, hook=as_hook(hook))

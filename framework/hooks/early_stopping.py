@@ -8,6 +8,7 @@ import numpy as np
 from absl import logging
 
 from framework import registry
+from framework.hooks.base import Hook, monitored
 from framework.hooks.context import RunContext
 
 
@@ -19,6 +20,7 @@ def better(value: float, best: float | None, *, mode: str, min_delta: float) -> 
 
 
 def resolve_mode(mode: str, monitor: str, *, section: str) -> str:
+    """`min` or `max` for `monitor` (`auto`: min for losses and errors, max otherwise)."""
     if mode == "auto":
         return "min" if any(k in monitor for k in ("loss", "error", "mse", "mae")) else "max"
     if mode not in ("min", "max"):
@@ -26,7 +28,7 @@ def resolve_mode(mode: str, monitor: str, *, section: str) -> str:
     return mode
 
 
-class EarlyStopping:
+class EarlyStopping(Hook):
     """Stops when `monitor` has not improved for `patience` evaluations.
 
     With `restore_best` the model ends with the weights of the best evaluation, the weights
@@ -34,8 +36,7 @@ class EarlyStopping:
     them, so the end-of-run export holds them too.
     """
 
-    # Runs first at "end" (see Controller._dispatch): exports then see the restored weights.
-    restores_weights = True
+    restores_weights = True  # runs first at `end` (hooks.base): exports see the restored weights
 
     def __init__(self, *, monitor: str = "loss", mode: str = "auto", patience: int = 5,
                  min_delta: float = 0.0, start_from_step: int = 0, restore_best: bool = True) -> None:
@@ -53,20 +54,21 @@ class EarlyStopping:
         self.stopped_step = -1
 
     def state(self) -> dict:
+        """The best value and step, the evaluations waited, the step it stopped at."""
         return {"best": self.best, "best_step": self.best_step, "wait": self.wait,
                 "stopped_step": self.stopped_step}
 
     def load_state(self, s: dict) -> None:
+        """Restores `state()`."""
         self.best, self.best_step, self.wait = s["best"], s["best_step"], s["wait"]
         self.stopped_step = s.get("stopped_step", -1)
 
     def _weights_path(self, ctx: RunContext) -> str:
         return os.path.join(ctx.model_dir, "early_stopping_best.npz")
 
-    def __call__(self, event: str, ctx: RunContext) -> None:
-        if event == "eval_end":
-            self._on_eval(ctx)
-        elif event == "end" and self.restore_best and self.best_step >= 0 and self.stopped_step >= 0:
+    def end(self, ctx: RunContext) -> None:
+        """Puts the best weights back into the model when the run stopped early."""
+        if self.restore_best and self.best_step >= 0 and self.stopped_step >= 0:
             path = self._weights_path(ctx)
             with np.load(path) as data:
                 # Raw and EMA weights both become the best scored model (see RunContext).
@@ -74,13 +76,11 @@ class EarlyStopping:
             logging.info("early_stopping: restored the best weights (%s=%.6g) from step %d",
                          self.monitor, self.best, self.best_step)
 
-    def _on_eval(self, ctx: RunContext) -> None:
-        if self.monitor not in ctx.eval_logs:
-            raise ValueError(f"hooks.early_stopping.monitor: no eval metric {self.monitor!r}; "
-                             f"eval metrics: {', '.join(ctx.eval_logs)}")
+    def eval_end(self, ctx: RunContext) -> None:
+        """Keeps the best weights so far; requests a stop after `patience` evaluations without gain."""
+        value = monitored(ctx.eval_logs, self.monitor, section="hooks.early_stopping")
         if ctx.step < self.start_from_step:
             return
-        value = float(ctx.eval_logs[self.monitor])
         if better(value, self.best, mode=self.mode, min_delta=self.min_delta):
             self.best, self.best_step, self.wait = value, ctx.step, 0
             if self.restore_best:
@@ -101,5 +101,6 @@ class EarlyStopping:
 @registry.register_hook("early_stopping")
 def early_stopping(monitor: str = "loss", mode: str = "auto", patience: int = 5, min_delta: float = 0.0,
                    start_from_step: int = 0, restore_best: bool = True) -> EarlyStopping:
+    """`hooks: [{name: early_stopping, monitor: auc, patience: 5, restore_best: true}]`."""
     return EarlyStopping(monitor=monitor, mode=mode, patience=patience, min_delta=min_delta,
                          start_from_step=start_from_step, restore_best=restore_best)

@@ -18,6 +18,7 @@ import keras
 from absl import logging
 
 from framework import registry
+from framework.hooks.base import Hook
 from framework.hooks.context import RunContext
 
 
@@ -66,7 +67,7 @@ def check_exportable(model: Any, *, key: str = "trainer.export") -> None:
                               f"(with get_config), or {key}: false; got an unregistered {cls.__name__}")
 
 
-class Export:
+class Export(Hook):
     """Exports the final model (after any restore-best) to `model_dir/<subdir>`.
 
     The export holds the scored weights (`RunContext.scored_weights`): the EMA weights when
@@ -78,9 +79,8 @@ class Export:
     def __init__(self, *, subdir: str = "export") -> None:
         self.subdir = subdir
 
-    def __call__(self, event: str, ctx: RunContext) -> None:
-        if event != "end":
-            return
+    def end(self, ctx: RunContext) -> None:
+        """Writes `model.keras` and `saved_model/` of the scored weights."""
         with ctx.scored_weights():
             paths = export_model(ctx.model, os.path.join(ctx.model_dir, self.subdir))
         logging.info("exported %s and %s", paths["keras"], paths["saved_model"])
@@ -88,6 +88,7 @@ class Export:
 
 @registry.register_hook("export")
 def export(subdir: str = "export") -> Export:
+    """`hooks: [{name: export, subdir: export}]` (a run exports to `export/` by itself)."""
     norm = os.path.normpath(subdir) if isinstance(subdir, str) and subdir else ""
     if (not norm or os.path.isabs(subdir) or norm == "." or norm.split(os.sep)[0] == ".."
             or ".." in subdir.replace("\\", "/").split("/")):

@@ -4,11 +4,12 @@ from __future__ import annotations
 from absl import logging
 
 from framework import registry
+from framework.hooks.base import Hook, monitored
 from framework.hooks.context import RunContext
 from framework.hooks.early_stopping import better, resolve_mode
 
 
-class ReduceLROnPlateau:
+class ReduceLROnPlateau(Hook):
     """Scales the LR factor (a variable read by the compiled step: no retrace)."""
 
     def __init__(self, *, monitor: str = "loss", mode: str = "auto", factor: float = 0.5, patience: int = 2,
@@ -29,20 +30,18 @@ class ReduceLROnPlateau:
         self.reductions: list[int] = []
 
     def state(self) -> dict:
+        """The best value, the evaluations waited, the cooldown left and the steps of reductions."""
         return {"best": self.best, "wait": self.wait, "cooldown_left": self.cooldown_left,
                 "reductions": self.reductions}
 
     def load_state(self, s: dict) -> None:
+        """Restores `state()`."""
         self.best, self.wait = s["best"], s["wait"]
         self.cooldown_left, self.reductions = s["cooldown_left"], list(s["reductions"])
 
-    def __call__(self, event: str, ctx: RunContext) -> None:
-        if event != "eval_end":
-            return
-        if self.monitor not in ctx.eval_logs:
-            raise ValueError(f"hooks.reduce_lr_on_plateau.monitor: no eval metric {self.monitor!r}; "
-                             f"eval metrics: {', '.join(ctx.eval_logs)}")
-        value = float(ctx.eval_logs[self.monitor])
+    def eval_end(self, ctx: RunContext) -> None:
+        """Multiplies the LR factor by `factor` after `patience` evaluations without gain."""
+        value = monitored(ctx.eval_logs, self.monitor, section="hooks.reduce_lr_on_plateau")
         if self.cooldown_left > 0:
             self.cooldown_left -= 1
         if better(value, self.best, mode=self.mode, min_delta=self.min_delta):
@@ -69,5 +68,6 @@ class ReduceLROnPlateau:
 def reduce_lr_on_plateau(monitor: str = "loss", mode: str = "auto", factor: float = 0.5, patience: int = 2,
                          min_delta: float = 0.0, cooldown: int = 0, min_factor: float = 1e-4,
                          min_lr: float | None = None) -> ReduceLROnPlateau:
+    """`hooks: [{name: reduce_lr_on_plateau, monitor: loss, factor: 0.5, patience: 2}]`."""
     return ReduceLROnPlateau(monitor=monitor, mode=mode, factor=factor, patience=patience, min_delta=min_delta,
                              cooldown=cooldown, min_factor=min_factor, min_lr=min_lr)

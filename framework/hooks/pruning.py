@@ -11,10 +11,11 @@ from typing import Any
 
 from absl import logging
 
+from framework.hooks.base import Hook, monitored
 from framework.hooks.context import RunContext
 
 
-class PruningHook:
+class PruningHook(Hook):
     """At every `eval_end`: `trial.report(metric, step)`; if the trial should be pruned, stop.
 
     Attributes:
@@ -28,13 +29,11 @@ class PruningHook:
         self.pruned_at: int | None = None
         self.value: float | None = None
 
-    def __call__(self, event: str, ctx: RunContext) -> None:
-        if event != "eval_end" or self.pruned_at is not None:
+    def eval_end(self, ctx: RunContext) -> None:
+        """Reports the metric to the trial; stops the run if the pruner says so."""
+        if self.pruned_at is not None:
             return
-        if self.metric not in ctx.eval_logs:
-            raise ValueError(f"tune.metric: the evaluation has no metric {self.metric!r}; "
-                             f"it produces: {', '.join(ctx.eval_logs)}")
-        self.value = float(ctx.eval_logs[self.metric])
+        self.value = monitored(ctx.eval_logs, self.metric, section="tune")
         if not math.isfinite(self.value):
             return  # a non-finite value is not reported; the run's own non-finite policy acts
         self.trial.report(self.value, ctx.step)

@@ -82,7 +82,7 @@ def test_early_stopping_resume_mid_patience_continues_count(tmp_path):
 
 def test_early_stopping_unknown_monitor_names_it(tmp_path):
     ctx = FakeCtx(tmp_path)
-    with pytest.raises(ValueError, match="accuracyy.*loss"):
+    with pytest.raises(ValueError, match=r"hooks.early_stopping.monitor: expected one of the eval metrics .*loss.*; got 'accuracyy'"):
         ctx.evaluate(1, 0.1, [EarlyStopping(monitor="accuracyy")])
 
 
