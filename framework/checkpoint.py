@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from typing import Any, Callable, Mapping
 
 import tensorflow as tf
@@ -28,10 +27,6 @@ from absl import logging
 class CheckpointError(RuntimeError):
     """Checkpoints exist in model_dir but none of them can be restored, or a save failed."""
 
-
-# Test-only: seconds to pause after a checkpoint's files are written and before the
-# `checkpoint` index names it, so a test can kill the process in the middle of a save.
-SLOW_SAVE_ENV = "TAPELINE_TEST_SLOW_SAVE"
 
 
 class Checkpointer:
@@ -74,17 +69,9 @@ class Checkpointer:
                 f"complete checkpoint is still {self.latest or 'none'}")
         if self._get_hook_state is not None:
             self._hook_json.assign(json.dumps(self._get_hook_state()))
-        options = None
-        delay = float(os.environ.get(SLOW_SAVE_ENV) or 0)
-        if delay > 0:
-            def pause(save_path):
-                logging.warning("%s: %s written; pausing %.1fs before the index names it", SLOW_SAVE_ENV,
-                                save_path, delay)
-                time.sleep(delay)
-            options = tf.train.CheckpointOptions(experimental_write_callbacks=[pause])
         previous = self.latest
         try:
-            return self.manager.save(checkpoint_number=step, options=options)
+            return self.manager.save(checkpoint_number=step)
         except (tf.errors.OpError, OSError) as e:
             raise CheckpointError(
                 f"cannot write checkpoint ckpt-{step} in {self.directory} ({first_line(e)}); the latest "

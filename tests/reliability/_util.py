@@ -14,7 +14,6 @@ import tensorflow as tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
-ENV.pop("TAPELINE_TEST_SLOW_SAVE", None)
 IMPORTS = ["--import=tests._mw_experiment", "--import=tests.reliability._rel_experiment"]
 BASE = ["--experiment=rel_test", *IMPORTS]
 TOTAL = 16          # rel_test: trainer.train_steps

@@ -88,9 +88,8 @@ def test_f2_sigkill_at_random_points_repeatedly_resumes_bit_identical(tmp_path, 
 @pytest.mark.slow
 def test_f3_sigkill_inside_a_save_leaves_index_on_previous_complete_checkpoint(tmp_path, reference):
     d = tmp_path / "run"
-    env = dict(U.ENV, TAPELINE_TEST_SLOW_SAVE="2")
-    p = U.Proc([*U.BASE, f"--model_dir={d}"], tmp_path / "first.log", env=env)
-    p.wait_for(r"TAPELINE_TEST_SLOW_SAVE: \S*ckpt-8 written")
+    p = U.Proc([*U.BASE, "--import=tests.reliability._slow_save", f"--model_dir={d}"], tmp_path / "first.log")
+    p.wait_for(r"slow save: \S*ckpt-8 written")
     p.signal(signal.SIGKILL)  # ckpt-8's files are written, the `checkpoint` index not yet updated
     assert p.wait(60) == -signal.SIGKILL
     assert os.path.exists(d / "ckpt-8.index")
