@@ -50,9 +50,6 @@ flags.DEFINE_multi_string("import", [], "Extra module (by module name, never a p
                                         "experiments or components; repeatable.")
 
 
-# The per-loop log lines are the console's progress display: show INFO on stderr by default.
-FLAGS.set_default("logtostderr", True)
-
 
 class UserError(Exception):
     """A mistake in flags or config: reported in one line, exit status 2."""
@@ -433,6 +430,8 @@ def entry() -> None:
     from framework import xla_cache
 
     xla_cache.configure()  # before TensorFlow starts: it reads TF_XLA_FLAGS only then
+    # The per-loop log lines are the console's progress display: INFO on stderr by default.
+    FLAGS.set_default("logtostderr", True)
     app.run(main, flags_parser=_parse_flags)
 
 

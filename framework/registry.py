@@ -8,6 +8,7 @@ first lookup. Experiment modules are loaded by the entry point (`framework.plugi
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import re
@@ -113,15 +114,9 @@ _BUILTIN_MODULES = (
     "framework.data.files",
     "framework.hooks",
 )
-_builtins_imported = False
-
-
+@functools.cache
 def import_builtin_components() -> None:
     """Imports the framework modules that register built-in components (once)."""
-    global _builtins_imported
-    if _builtins_imported:
-        return
-    _builtins_imported = True
     for module in _BUILTIN_MODULES:
         try:
             importlib.import_module(module)
