@@ -2,9 +2,9 @@
 
 A checkpoint holds the step, every model variable by position (Keras's Dropout RNG
 `seed_generator_state` variables included: a plain `Checkpoint(model=...)` misses them,
-DESIGN.md trap 9) with their paths for transfer learning, the
+docs/design.md#t9) with their paths for transfer learning, the
 optimizer, the trainer's own state variables and the hooks' state as a JSON string. The input
-position is not saved: the pipeline is a deterministic function of the step (trap 10).
+position is not saved: the pipeline is a deterministic function of the step (docs/design.md#t10).
 
 Writes are safe against interruption: `tf.train.CheckpointManager` writes the `ckpt-N.*` files
 first and updates the `checkpoint` index last, so a crash mid-write leaves the index pointing at

@@ -103,7 +103,7 @@ class Controller:
         self.ctx = RunContext(controller=self)
         # Batches skipped after `nonfinite=restore`: the data position is step + data_skip.
         self.data_skip = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_skip")
-        # Every model variable, Dropout RNG states included (trap 9), plus their paths so that
+        # Every model variable, Dropout RNG states included (docs/design.md#t9), plus their paths so that
         # task.init_checkpoint can load them into another model by path.
         objects = {**ckpt_lib.model_objects(trainer.model), "step": trainer.global_step,
                    "optimizer": trainer.optimizer, "lr_factor": trainer.lr_factor,

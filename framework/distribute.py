@@ -1,6 +1,6 @@
 """Strategy from the runtime config, logical CPU devices, bounded TPU/multi-worker setup, XLA choice.
 
-Hardware that is absent fails clearly and quickly instead of hanging (DESIGN.md trap 8):
+Hardware that is absent fails clearly and quickly instead of hanging (docs/design.md#t8):
 
 * `runtime.num_gpus` beyond what the machine has raises at once;
 * a TPU that cannot be reached fails within `runtime.tpu_timeout_s` (TCP pre-check of a
@@ -13,7 +13,7 @@ After such an error the process should exit soon, with `os._exit` if a normal ex
 (the caller's job): an expired TPU wait leaves a thread blocked inside TensorFlow, and a
 failed multi-worker setup leaves a half-initialized distributed context.
 
-`jit_allowed` resolves `trainer.jit_compile` (DESIGN.md trap 5): XLA on the replica function
+`jit_allowed` resolves `trainer.jit_compile` (docs/design.md#t5): XLA on the replica function
 inside `strategy.run` fails under a multi-replica MirroredStrategy ("Trying to access resource
 ... located in device CPU:1 from device CPU:0"), and on CPU it slows convolutions down.
 """
@@ -427,7 +427,7 @@ def jit_allowed(strategy: tf.distribute.Strategy, requested: bool | str, *,
 
     Raises:
       ValueError: `true` under a Mirrored / MultiWorkerMirrored strategy with > 1 replica, where
-        XLA on the replica function fails (trap 5: variables on another device), or a value
+        XLA on the replica function fails (docs/design.md#t5: variables on another device), or a value
         other than true / false / "auto".
     """
     name = _name(strategy)

@@ -127,7 +127,7 @@ def run(cfg: Any, *, model_dir: str, mode: str, hparams: dict | None = None,
     try:
         strategy = dist.make_strategy(cfg.runtime)
     except TimeoutError as e:
-        # A bounded wait expired (trap 8): a TensorFlow thread is still blocked in C++ and
+        # A bounded wait expired (docs/design.md#t8): a TensorFlow thread is still blocked in C++ and
         # would keep a normal exit waiting, so report and leave at once.
         print(f"tapeline: error: {e}", file=sys.stderr, flush=True)
         logging.flush()

@@ -1,6 +1,6 @@
 """Compiled code only: the per-replica train/eval step and the inner loop of K steps.
 
-The gradient pipeline follows DESIGN.md section 2. Per replica: forward with training=True,
+The gradient pipeline is docs/design.md#2-the-gradient-pipeline. Per replica: forward with training=True,
 per-example loss x sample and class weights averaged over the GLOBAL batch plus regularization
 scaled by 1/replicas; (fp16) loss scaling; gradients; one cross-replica SUM (the true mean
 gradient); accumulation over micro-batches; clipping of the aggregated gradient; then one
@@ -369,7 +369,7 @@ class Steps:
 
     def _whole_step_xla(self) -> bool:
         """XLA over the whole step (forward, backward, statistics, update): one device, no
-        Mirrored / MultiWorkerMirrored (trap 5) or TPU strategy (it compiles by itself); there
+        Mirrored / MultiWorkerMirrored (docs/design.md#t5) or TPU strategy (it compiles by itself); there
         only the forward and backward pass are given to XLA, as before."""
         other = (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.TPUStrategy)
         return bool(self.jit_compile) and self.strategy.num_replicas_in_sync == 1 and \
@@ -413,7 +413,7 @@ class Steps:
         group = self.xla_group_steps
         if not self._whole_step_xla() or group == 1:
             # Under XLA with one step per call there is no XLA loop (an XLA loop around a conv
-            # layer ran ~50x slower on CPU: DESIGN.md trap 5): each step is one XLA call.
+            # layer ran ~50x slower on CPU: docs/design.md#t5): each step is one XLA call.
             run_step = tf.function(one_step, jit_compile=True, autograph=False) if self._whole_step_xla() \
                 else one_step
 

@@ -1,7 +1,7 @@
 """Builds one run from a resolved config: data, model, loss, metrics, optimizer, groups, steps.
 
 Every Keras object is created inside `strategy.scope()` and the optimizer is built eagerly on
-the trainable variables before anything is traced (DESIGN.md trap 2). Checks that need the
+the trainable variables before anything is traced (docs/design.md#t2). Checks that need the
 data (the data pre-flight, label range, shapes) run here, before the first compiled step.
 """
 from __future__ import annotations
@@ -316,7 +316,7 @@ def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, *,
     with strategy.scope():
         optimizer = registry.build(registry.OPTIMIZERS, o.name, opt_kwargs, section="optimizer",
                                    extra={"learning_rate": o.learning_rate})
-        optimizer.build(variables)  # eagerly, in scope, before any trace (trap 2)
+        optimizer.build(variables)  # eagerly, in scope, before any trace (docs/design.md#t2)
         global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         lr_factor = tf.Variable(1.0, dtype=tf.float32, trainable=False, name="lr_factor")
         lr_multipliers = tf.Variable(table.multipliers(group_multipliers=group_mults, layer_decay=o.layer_decay),
@@ -326,7 +326,7 @@ def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, *,
     jit, reason = dist.jit_allowed(strategy, tr.jit_compile, model_has_conv=has_conv)
     # Under XLA on one device several steps share one XLA call (a compiled while loop over the
     # fetched batches), except around convolutions: an XLA loop around a conv layer ran ~50x
-    # slower on CPU (DESIGN.md trap 5).
+    # slower on CPU (docs/design.md#t5).
     group = _XLA_GROUP_STEPS if jit and not has_conv else 1
     steps = Steps(strategy=strategy, model=model, loss_fn=loss_fn, optimizer=optimizer, variables=variables,
                   weight_decays=table.weight_decays(default=wd_default), lr_multipliers=lr_multipliers,

@@ -1,4 +1,4 @@
-"""Checkpoints: every optimizer variable saved (trap 3), files kept, interrupted saves, bad restores."""
+"""Checkpoints: every optimizer variable saved (docs/design.md#t3), files kept, interrupted saves, bad restores."""
 import os
 
 import numpy as np

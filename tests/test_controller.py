@@ -43,7 +43,7 @@ def test_resume_equals_straight_run(tmp_path):
     assert s2 == 24
     assert int(resumed.optimizer.iterations.numpy()) == 24
     for va, vb in zip(straight.model.variables, resumed.model.variables):
-        # Dropout RNG state included: a plain Checkpoint(model=...) would differ (trap 9).
+        # Dropout RNG state included: a plain Checkpoint(model=...) would differ (docs/design.md#t9).
         np.testing.assert_array_equal(va.numpy(), vb.numpy(), err_msg=va.path)
     for va, vb in zip(straight.optimizer.variables, resumed.optimizer.variables):
         np.testing.assert_array_equal(va.numpy(), vb.numpy())

@@ -180,7 +180,7 @@ def test_missing_gpus_fail_clearly(strategy):
         distribute.make_strategy(RuntimeConfig(strategy=strategy, num_gpus=2))
 
 
-# ----------------------------------------------------------------------------- TPU (trap 8)
+# ----------------------------------------------------------------------------- TPU (docs/design.md#t8)
 
 
 def test_tpu_unreachable_address_fails_fast(no_cluster_env):
@@ -225,7 +225,7 @@ def test_tpu_silent_server_is_bounded_by_tpu_timeout():
     assert "runtime.tpu_timeout_s=3" in out and "grpc://127.0.0.1:" in out, out
 
 
-# ----------------------------------------------------------------------------- XLA (trap 5)
+# ----------------------------------------------------------------------------- XLA (docs/design.md#t5)
 
 
 def test_jit_allowed_resolution():
@@ -252,7 +252,7 @@ def test_jit_allowed_resolution():
         assert distribute.jit_allowed(single, "auto", model_has_conv=False)[0] is True
 
 
-# ----------------------------------------------------------------------------- multi-worker (trap 8)
+# ----------------------------------------------------------------------------- multi-worker (docs/design.md#t8)
 
 
 def test_multi_worker_two_processes_all_reduce_and_train():
@@ -274,7 +274,7 @@ def test_multi_worker_two_processes_all_reduce_and_train():
     assert a["sum"] == b["sum"] == 3.0  # (0 + 1) + (1 + 1)
     assert a["replicas"] == b["replicas"] == 2
     assert a["describe"].startswith("MultiWorkerMirroredStrategy: 2 replica(s) in sync"), a["describe"]
-    assert a["jit_auto"] is False and b["jit_auto"] is False  # trap 5 applies across workers too
+    assert a["jit_auto"] is False and b["jit_auto"] is False  # docs/design.md#t5 applies across workers too
     # Each worker fed different examples: identical weights mean the gradients were all-reduced.
     assert a["weights"] == b["weights"]
     assert a["losses"] == b["losses"]

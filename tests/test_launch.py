@@ -68,7 +68,7 @@ def test_lonely_worker_times_out_naming_peers(tmp_path):
                        cwd=ROOT, env=dict(ENV, TF_CONFIG=tf_config), capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     assert f"127.0.0.1:{port_peer}" in r.stderr and "worker_timeout_s" in r.stderr
-    assert time.monotonic() - t0 < 90  # bounded, never a silent hang (trap 8)
+    assert time.monotonic() - t0 < 90  # bounded, never a silent hang (docs/design.md#t8)
 
 
 def test_launcher_flags_are_absl_and_bad_ones_exit_2(capsys):

@@ -54,7 +54,7 @@ def test_one_vs_two_replicas_same_weights_and_metrics(tmp_path, variant):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
     for k in c1.last_eval:
         assert c2.last_eval[k] == pytest.approx(c1.last_eval[k], rel=1e-5, abs=1e-6), k
-    assert int(two.optimizer.iterations.numpy()) == 10  # once per step, not once per replica (trap 2)
+    assert int(two.optimizer.iterations.numpy()) == 10  # once per step, not once per replica (docs/design.md#t2)
 
 
 def test_plain_batchnorm_trains_under_two_replicas(tmp_path):
@@ -109,7 +109,7 @@ def test_tpu_without_hardware_fails_fast_naming_flag():
     t0 = time.monotonic()
     with pytest.raises((RuntimeError, TimeoutError), match=r"--tpu.*127.0.0.1:1"):
         dist.make_strategy(RuntimeConfig(strategy="tpu", tpu="grpc://127.0.0.1:1", tpu_timeout_s=5))
-    assert time.monotonic() - t0 < 30  # a hang bound (trap 8), not a speed assertion
+    assert time.monotonic() - t0 < 30  # a hang bound (docs/design.md#t8), not a speed assertion
 
 
 def test_missing_gpus_fail_clearly():

@@ -7,7 +7,7 @@ is held as whole arrays and each epoch is a full permutation of their row indice
 index vectors and gathered: no per-example work in tf.data, which on a 2-core CPU competes with
 the step itself (measured in benchmarks/ablation.py). A resumed run therefore rebuilds the stream at the position
 of its first unconsumed batch and sees exactly the batches an uninterrupted run would (a
-tf.distribute iterator cannot be checkpointed: DESIGN.md trap 10).
+tf.distribute iterator cannot be checkpointed: docs/design.md#t10).
 
 Evaluation covers the whole set once: the last batch is padded with weight-0 examples to a
 full global batch, so every eval batch has one static shape (one trace, no empty replica
@@ -319,7 +319,7 @@ def labels_array(source: tf.data.Dataset, *, limit: int = 2_000_000) -> np.ndarr
 
 
 def check_sparse_labels(labels: np.ndarray, *, num_classes: int, name: str) -> None:
-    """Raises ValueError if a sparse label is outside [0, num_classes) (trap 7: silent NaN on GPU)."""
+    """Raises ValueError if a sparse label is outside [0, num_classes) (docs/design.md#t7: silent NaN on GPU)."""
     if labels.size == 0:
         return
     flat = labels.reshape(-1)

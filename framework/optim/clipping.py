@@ -1,7 +1,7 @@
 """Gradient clipping of the aggregated gradient: value, per variable, per group, global norm.
 
 Runs inside the compiled step AFTER the cross-replica sum, on the true mean gradient.
-DESIGN.md trap 1: Keras's `clipnorm` / `global_clipnorm` clip each replica's partial gradient
+docs/design.md#t1: Keras's `clipnorm` / `global_clipnorm` clip each replica's partial gradient
 before the sum, which clips the wrong vector under a strategy. Pure tensor math; it gives the
 same result on every replica because every replica holds the same summed gradient.
 """

@@ -228,7 +228,7 @@ def resolve(variables: Sequence[Any], cfg: OptimizerConfig) -> GroupTable:
       cfg: the optimizer section.
 
     Raises:
-      ValueError: a pattern is not a valid regular expression or matches no variable (trap 4:
+      ValueError: a pattern is not a valid regular expression or matches no variable (docs/design.md#t4:
         paths start with the model's name in Sequential and subclassed models only); the
         message names the pattern and lists the variable paths.
     """

@@ -5,7 +5,7 @@ A factory is `(learning_rate, **kwargs) -> keras.optimizers.Optimizer`. The fram
 rate (schedule x group multiplier), and applies decoupled weight decay per group. So factories
 never pass `weight_decay` (it lives in Keras's `apply`, which the framework bypasses; it would
 also decay frozen groups) nor `clipnorm` / `clipvalue` / `global_clipnorm` (Keras clips per
-replica before the cross-replica sum: DESIGN.md trap 1). The `learning_rate` given here only
+replica before the cross-replica sum: docs/design.md#t1). The `learning_rate` given here only
 seeds the optimizer's own variable; the rate that counts is the one passed to `update_step`.
 """
 from __future__ import annotations

@@ -40,7 +40,7 @@ def test_xla_group_used_only_on_one_device_without_convolutions():
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"],
                                               cross_device_ops=tf.distribute.ReductionToOneDevice())
     t = trainer_lib.build(_cfg("fp", jit_compile="auto"), mirrored)
-    assert not t.steps.jit_compile  # trap 5: no XLA on the replica function under Mirrored
+    assert not t.steps.jit_compile  # docs/design.md#t5: no XLA on the replica function under Mirrored
 
 
 @pytest.mark.parametrize("n", [3, 11, 19])  # a partial group; groups plus a remainder

@@ -1,4 +1,4 @@
-"""Clipping modes against NumPy, stats, non-finite inputs, and trap 1 (clip after the replica sum)."""
+"""Clipping modes against NumPy, stats, non-finite inputs, and docs/design.md#t1 (clip after the replica sum)."""
 import keras
 import numpy as np
 import pytest
@@ -131,7 +131,7 @@ def test_inside_tf_function_and_errors():
         clip_gradients([tf.constant([1.0])] * 2, groups=[0], clip=ClipConfig())
 
 
-# ----------------------------------------------------------------------------- trap 1
+# ----------------------------------------------------------------------------- docs/design.md#t1
 
 
 def _data():
@@ -147,7 +147,7 @@ def _loss(layer, x, y, global_batch):
     return tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
 
 
-def test_trap1_clip_after_the_replica_sum_equals_one_device():
+def test_clip_after_the_replica_sum_equals_one_device():
     cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
     if len(cpus) < 2:
         pytest.skip("needs 2 logical CPU devices (tests/conftest.py)")
@@ -171,7 +171,7 @@ def test_trap1_clip_after_the_replica_sum_equals_one_device():
         ours_layer = keras.layers.Dense(1, use_bias=False, kernel_initializer=keras.initializers.Constant(w0))
         ours_layer.build((None, 3))
         keras_opt = keras.optimizers.SGD(learning_rate=lr, global_clipnorm=limit)
-        keras_opt.build(keras_layer.trainable_variables)  # eagerly, in scope (trap 2)
+        keras_opt.build(keras_layer.trainable_variables)  # eagerly, in scope (docs/design.md#t2)
 
     halves = [(x[:4], y[:4]), (x[4:], y[4:])]
     xs = strategy.experimental_distribute_values_from_function(lambda c: halves[c.replica_id_in_sync_group][0])

@@ -309,7 +309,7 @@ def test_f12_exact_resume_with_two_replicas_groups_adam_and_dropout(tmp_path):
     U.assert_contiguous(U.train_steps(r.out), stop)
     _, a = U.state(straight)
     _, b = U.state(d)
-    # The dropout RNG state is in the checkpoint (trap 9): its variable is among the compared ones.
+    # The dropout RNG state is in the checkpoint (docs/design.md#t9): its variable is among the compared ones.
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(d)))
     assert "seed_generator" in reader.get_tensor("model_paths/.ATTRIBUTES/VARIABLE_VALUE").decode()
     U.assert_same_final_state(d, straight)
