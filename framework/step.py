@@ -52,6 +52,13 @@ def _select(struct: Any, key: str | None, names: Sequence[str]) -> Any:
     return struct  # one weight shared by every output
 
 
+def _token_rows(pred: tf.Tensor, y: tf.Tensor, w: tf.Tensor) -> tuple:
+    """A sequence output's predictions, labels and weights as one row per token, for metrics."""
+    def rows(t: tf.Tensor) -> tf.Tensor:
+        return tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], 0))
+    return rows(pred), rows(y), tf.reshape(w, [-1])
+
+
 def _add_grads(a: Sequence[Any], b: Sequence[Any]) -> list:
     """Elementwise sum of two gradient lists (None: no gradient)."""
     return [x if y is None else (y if x is None else x + y) for x, y in zip(a, b)]
@@ -263,7 +270,7 @@ class Steps:
                 m = tf.cast(tf.reshape(mask, tf.shape(per)), tf.float32)
                 real, w_pos = real * m, w_pos * m
             weights = self._example_weights(y2, w_pos, key)
-            return tf.reduce_sum(per * weights), tf.reduce_sum(real), pred32, y2, w_pos
+            return (tf.reduce_sum(per * weights), tf.reduce_sum(real)) + _token_rows(pred32, y2, w_pos)
         per = tf.reshape(per, [tf.shape(per)[0], -1])
         per = tf.reduce_mean(per, axis=-1) * self._example_weights(y_k, w_k, key)
         return tf.reduce_sum(per), None, pred32, y2, w_k
@@ -282,7 +289,7 @@ class Steps:
             w_pos = w_k if w_k.shape.rank == 2 else w_k[:, None] * tf.ones_like(per)
             if mask is not None:
                 w_pos = w_pos * tf.cast(tf.reshape(mask, tf.shape(per)), tf.float32)
-            return per, w_pos, pred32, y2, w_pos
+            return (per, w_pos) + _token_rows(pred32, y2, w_pos)
         per = tf.reduce_mean(tf.reshape(per, [tf.shape(per)[0], -1]), axis=-1)
         return per, w_k, pred32, y2, w_k
 

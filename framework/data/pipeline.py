@@ -385,6 +385,7 @@ def _indexed_buckets(source: tf.data.Dataset, arrays: tuple, structure: Any, *, 
             if not s.shape.is_fully_defined():
                 cut = [-1] + [size if d is None else -1 for d in s.shape]
                 t = tf.slice(t, tf.zeros([len(cut)], tf.int64), tf.stack([tf.cast(c, tf.int64) for c in cut]))
+                t = tf.ensure_shape(t, [global_batch, *s.shape])
             out.append(t)
         return tf.nest.pack_sequence_as(structure, out)
 
