@@ -60,8 +60,20 @@ def _token_rows(pred: tf.Tensor, y: tf.Tensor, w: tf.Tensor) -> tuple:
 
 
 def _add_grads(a: Sequence[Any], b: Sequence[Any]) -> list:
-    """Elementwise sum of two gradient lists (None: no gradient)."""
-    return [x if y is None else (y if x is None else x + y) for x, y in zip(a, b)]
+    """Elementwise sum of two gradient lists (None: no gradient; sparse parts made dense)."""
+    def add(x: Any, y: Any) -> Any:
+        if isinstance(x, tf.IndexedSlices) or isinstance(y, tf.IndexedSlices):
+            return tf.convert_to_tensor(x) + tf.convert_to_tensor(y)
+        return x + y
+    return [x if y is None else (y if x is None else add(x, y)) for x, y in zip(a, b)]
+
+
+def _scale_grad(g: Any, s: tf.Tensor) -> Any:
+    if g is None:
+        return None
+    if isinstance(g, tf.IndexedSlices):
+        return tf.IndexedSlices(g.values * tf.cast(s, g.values.dtype), g.indices, g.dense_shape)
+    return g * tf.cast(s, g.dtype)
 
 
 def _all_finite(tensors: Sequence[tf.Tensor | None]) -> tf.Tensor:
@@ -328,9 +340,8 @@ class Steps:
         grads = tape.gradient(scaled_loss, variables) if static else [None] * len(variables)
         token_grads = {k: tape.gradient(v, variables) for k, v in scaled.items()}
         if self.loss_scaling:
-            unscale = lambda gs: [None if g is None else tf.cast(g, tf.float32) / self.loss_scale for g in gs]  # noqa: E731
-            grads = unscale(grads)
-            token_grads = {k: unscale(g) for k, g in token_grads.items()}
+            grads = [None if g is None else tf.cast(g, tf.float32) / self.loss_scale for g in grads]
+            token_grads = {k: [_scale_grad(g, 1.0 / self.loss_scale) for g in gs] for k, gs in token_grads.items()}
         return dict(loss=loss, token_sums=token_sums, token_counts=token_counts, preds=preds, labels=labels,
                     weights=weights, grads=grads, token_grads=token_grads, output_losses=output_losses)
 
@@ -369,7 +380,7 @@ class Steps:
                 inv = 1.0 / tf.maximum(c, 1.0)
                 output_losses[k] = tokens[k][0] * inv
                 total_loss += lws[k] * output_losses[k]
-                acc = _add_grads(acc, [None if g is None else g * inv for g in tokens[k][2]])
+                acc = _add_grads(acc, [_scale_grad(g, inv) for g in tokens[k][2]])
         if self.inject_nonfinite_at is not None:
             bad = tf.equal(step, self.inject_nonfinite_at)
             total_loss = tf.where(bad, tf.constant(float("nan")), total_loss)
