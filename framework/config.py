@@ -487,6 +487,20 @@ def _positive(value: Any, key: str, *, allow_zero: bool = False, allow_none: boo
         raise ConfigError(f"{key}: expected a finite number {want}; got {value!r}")
 
 
+def _check_class_weight(cw: Any, key: str) -> None:
+    if isinstance(cw, str) and cw != "balanced":
+        raise ConfigError(f"{key}: expected null, 'balanced' or {{class: weight}}; got {cw!r}")
+    if isinstance(cw, dict):
+        for k, v in cw.items():
+            try:
+                int(k)
+                ok = float(v) >= 0 and math.isfinite(float(v))
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ConfigError(f"{key}: expected int class -> weight >= 0; got {k!r}: {v!r}")
+
+
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     """Checks ranges and choices that need no TensorFlow; returns `cfg`.
 
@@ -541,17 +555,10 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     if r.cpu_replicas < 0 or r.num_gpus < 0:
         raise ConfigError(f"runtime.cpu_replicas / num_gpus: expected >= 0; got {r.cpu_replicas!r} / {r.num_gpus!r}")
     cw = t.class_weight
-    if isinstance(cw, str) and cw != "balanced":
-        raise ConfigError(f"task.class_weight: expected null, 'balanced' or {{class: weight}}; got {cw!r}")
-    if isinstance(cw, dict):
-        for k, v in cw.items():
-            try:
-                int(k)
-                ok = float(v) >= 0 and math.isfinite(float(v))
-            except (TypeError, ValueError):
-                ok = False
-            if not ok:
-                raise ConfigError(f"task.class_weight: expected int class -> weight >= 0; got {k!r}: {v!r}")
+    # {output: spec} for a model with several outputs (every value null, 'balanced' or a mapping).
+    per_output = isinstance(cw, dict) and bool(cw) and all(v is None or isinstance(v, (str, dict)) for v in cw.values())
+    for where, spec in ((cw.items() if per_output else [(None, cw)])):
+        _check_class_weight(spec, "task.class_weight" if where is None else f"task.class_weight.{where}")
     for i, h in enumerate(cfg.hooks):
         if not h.name:
             raise ConfigError(f"hooks[{i}].name: expected a registered hook name; got {h.name!r}")

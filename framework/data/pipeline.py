@@ -414,8 +414,13 @@ def eval_batches(source: tf.data.Dataset, *, global_batch: int, cache: bool,
     if cache:
         source = source.cache()
     pad = (-n) % global_batch
-    if pad:
-        zero = tf.nest.map_structure(lambda s: tf.zeros([d or 0 for d in s.shape], s.dtype), source.element_spec)
+    if pad and padding is not None:
+        # Weight-0 copies of the first example, not empty sequences: a masked model's output on
+        # a sequence with no real position can be NaN (a masked average over nothing).
+        rows = source.take(1).map(_no_autograph(lambda x, y, w: (x, y, tf.nest.map_structure(tf.zeros_like, w))))
+        source = source.concatenate(rows.repeat(pad))
+    elif pad:
+        zero = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), source.element_spec)
         rows = tf.data.Dataset.from_tensors(zero).repeat(pad)
         source = source.concatenate(rows)
     if padding is not None:
@@ -481,8 +486,8 @@ def labels_array(source: tf.data.Dataset, *, limit: int = 2_000_000) -> Any:
 
     if not isinstance(spec, (dict, tuple, list)):
         return one(spec, ys)
-    paths = tf.nest.flatten_with_joined_string_paths(spec)
-    arrays = [one(s, ys.map(_no_autograph(lambda y, i=i: tf.nest.flatten(y)[i]))) for i, (_, s) in enumerate(paths)]
+    leaves = tf.nest.flatten(spec)
+    arrays = [one(s, ys.map(_no_autograph(lambda *y, i=i: tf.nest.flatten(y)[i]))) for i, s in enumerate(leaves)]
     return tf.nest.pack_sequence_as(spec, arrays)
 
 
