@@ -158,5 +158,6 @@ def build_metrics(task: Any, heads: list[Head]) -> tuple[dict, dict]:
 
 
 def dummy_features(x_spec: Any) -> Any:
-    """A batch of one zero example for building the model (unknown dimensions of length 1)."""
-    return tf.nest.map_structure(lambda s: tf.zeros([1, *[1 if d is None else d for d in s.shape]], s.dtype), x_spec)
+    """A batch of one zero example for building the model (unknown dimensions of length 2: a
+    length of 1 makes attention softmax over one key, which Keras warns about)."""
+    return tf.nest.map_structure(lambda s: tf.zeros([1, *[2 if d is None else d for d in s.shape]], s.dtype), x_spec)

@@ -314,6 +314,32 @@ def check_images(name: str) -> Callable[[str], Check]:
 # ------------------------------------------------------------------------------------- specs
 
 
+def check_docstring_family(rd: str) -> Check:
+    m = read_metrics(os.path.join(rd, "docstring_family"))
+    return Check(f"eval accuracy {_f(m['accuracy'])} (step {m['step']})", m["accuracy"] >= 0.75)
+
+
+def check_byte_lm(rd: str) -> Check:
+    import math
+
+    m = read_metrics(os.path.join(rd, "byte_lm"))
+    bpb = m["loss"] / math.log(2.0)
+    return Check(f"held-out {bpb:.3f} bits per byte (token accuracy {_f(m['accuracy'])}, step {m['step']})",
+                 bpb <= 3.0)
+
+
+def check_docstring_tags(rd: str) -> Check:
+    runs = _sweep_runs(os.path.join(rd, "docstring_tags"))
+    plain = read_metrics(runs["null"]["dir"])
+    weighted = read_metrics(next(r["dir"] for k, r in runs.items() if k != "null"))
+    ok = weighted["recall"] > plain["recall"] and min(plain["auc"], weighted["auc"]) >= 0.70
+    rows = [[name, _f(m["recall"]), _f(m["precision"]), _f(m["f1"]), _f(m["f1_micro"]), _f(m["auc"])]
+            for name, m in (("unweighted", plain), ("pos_weight", weighted))]
+    return Check(f"macro recall {_f(plain['recall'])} -> {_f(weighted['recall'])} with pos_weight; macro AUC "
+                 f"{_f(plain['auc'])} / {_f(weighted['auc'])}", ok,
+                 _md_table(["loss", "macro recall", "macro precision", "macro F1", "micro F1", "macro AUC"], rows))
+
+
 def _run(name: str, rd: str, *flags: str, exp: str | None = None) -> Run:
     d = os.path.join(rd, name)
     return Run(d, [f"--experiment={exp or name}", f"--model_dir={d}", *flags])
@@ -355,6 +381,13 @@ SPECS = [
     Spec("image_folder_tfrecord", "eval accuracy >= 0.9",
          lambda rd: [_run("image_folder_tfrecord", rd, _data_dirs(rd, "digit_tfrecords"))],
          check_images("image_folder_tfrecord")),
+    Spec("docstring_family", "eval accuracy >= 0.75 (4 packages; the largest is 0.47 of eval)",
+         lambda rd: [_run("docstring_family", rd)], check_docstring_family),
+    Spec("byte_lm", "held-out bits per byte <= 3.0 (a unigram byte model: 4.7)",
+         lambda rd: [_run("byte_lm", rd)], check_byte_lm),
+    Spec("docstring_tags", "pos_weight raises macro recall over the unweighted run; macro AUC >= 0.70 both",
+         lambda rd: [_run("docstring_tags", rd, "--sweep=task.loss.pos_weight=null,[4.4,0.7,5.1,6.3]")],
+         check_docstring_tags),
 ]
 
 
