@@ -76,7 +76,7 @@ def _parse(path: str) -> ast.AST | None:
         return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _docstrings(package: str) -> tuple[tuple[str, bool], ...]:
     """(docstring, file held out, text held out) of every module, class and function of a package."""
     out = []
@@ -202,7 +202,7 @@ def _function_tags(fn: ast.AST) -> np.ndarray:
     return np.array([t in found for t in TAGS], np.float32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tagged(max_len: int) -> tuple:
     out = []
     for p in ("asyncio", "email", "tkinter", "unittest", "json", "logging", "concurrent", "http", "importlib",

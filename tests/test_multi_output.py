@@ -51,7 +51,7 @@ def test_dict_outputs_losses_metrics_and_update_match_hand_and_fit(tmp_path, jit
     ctl = controller_lib.Controller(trainer=t, model_dir=str(tmp_path))
     t.steps.reset_train_metrics()
     t.steps.train_loop(iter(t.train_dataset(start_step=0)), 1, list(range(len(t.groups.variables))))
-    got = ctl._train_values(1)  # noqa: SLF001 - the values the log and TensorBoard get
+    got = ctl._train_values(1)  # the values the log and TensorBoard get
     for k in ("loss", "cls/loss", "reg/loss", "cls/accuracy", "reg/mae"):
         assert got[k] == pytest.approx(expected[k], rel=1e-5, abs=1e-7), k
     # The update equals Keras fit with the same per-output losses and loss weights.
@@ -82,7 +82,7 @@ def test_class_weights_per_output(tmp_path):
     t = trainer_lib.build(_cfg(class_weight={"cls": {0: 3.0}}), tf.distribute.get_strategy())
     assert t.steps.class_weights == {"cls": [3.0, 1.0]}
     batch = next(iter(t.train_dataset(start_step=0)))
-    x, y, w = batch
+    x, y, _ = batch
     out = t.model(x)
     logits = out["cls"].numpy().astype(np.float64)
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))

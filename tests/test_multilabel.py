@@ -62,7 +62,7 @@ def test_metrics_equal_sklearn_with_weights_and_padding_rows(threshold):
     assert float(built["auc"].result()) == pytest.approx(auc, abs=2e-3)
     counts = metrics_lib.MultilabelCounts(num_labels=L, threshold=threshold)
     counts.update_state(y, logits, sample_weight=w)
-    pr, rc, f1, sup = skm.precision_recall_fscore_support(y[real], pred[real], average=None,
+    pr, _, f1, sup = skm.precision_recall_fscore_support(y[real], pred[real], average=None,
                                                            sample_weight=w[real], zero_division=0)
     rows = metrics_lib.per_label(counts.result().numpy())
     np.testing.assert_allclose([r["f1"] for r in rows], f1, atol=1e-5)

@@ -84,8 +84,8 @@ def test_one_vs_two_replicas_equal(tmp_path):
     for k, v in c1.last_eval.items():
         assert c2.last_eval[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
     # The eval loss and token accuracy against a hand computation over the real eval tokens.
-    ds, nb = one.eval_dataset()
     from framework.data import pipeline
+
     batches = list(pipeline.eval_batches(one.eval_source, global_batch=8, cache=False)[0])
     assert c1.last_eval["loss"] == pytest.approx(_masked_mean(one.model, batches), rel=1e-5)
     correct, count = 0.0, 0.0

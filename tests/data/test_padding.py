@@ -59,8 +59,7 @@ def test_padded_training_traces_once_and_eval_pads_rows(tmp_path, jit):
     ctl = controller_lib.Controller(trainer=t, model_dir=str(tmp_path))
     ctl.train(evaluate=True)
     assert t.steps.traces["train"] == 1 and t.steps.traces["eval"] == 1
-    ds, nb = t.eval_dataset()
-    assert nb == 2
+    assert t.eval_dataset()[1] == 2
     # Eval: 13 examples in 2 batches of 8, padded to the longest eval sequence; 3 weight-0 rows.
     xs = S.sequences(13, seed=1000)
     pred = np.concatenate([np.argmax(t.model(s[None]).numpy(), -1) for s in xs])
