@@ -316,7 +316,7 @@ def check_images(name: str) -> Callable[[str], Check]:
 
 def check_docstring_family(rd: str) -> Check:
     m = read_metrics(os.path.join(rd, "docstring_family"))
-    return Check(f"eval accuracy {_f(m['accuracy'])} (step {m['step']})", m["accuracy"] >= 0.75)
+    return Check(f"eval accuracy {_f(m['accuracy'])} (step {m['step']})", m["accuracy"] >= 0.65)
 
 
 def check_byte_lm(rd: str) -> Check:
@@ -381,7 +381,7 @@ SPECS = [
     Spec("image_folder_tfrecord", "eval accuracy >= 0.9",
          lambda rd: [_run("image_folder_tfrecord", rd, _data_dirs(rd, "digit_tfrecords"))],
          check_images("image_folder_tfrecord")),
-    Spec("docstring_family", "eval accuracy >= 0.75 (4 packages; the largest is 0.47 of eval)",
+    Spec("docstring_family", "eval accuracy >= 0.65 (4 packages; the largest is 0.47 of eval)",
          lambda rd: [_run("docstring_family", rd)], check_docstring_family),
     Spec("byte_lm", "held-out bits per byte <= 3.0 (a unigram byte model: 4.7)",
          lambda rd: [_run("byte_lm", rd)], check_byte_lm),
