@@ -23,12 +23,20 @@ SIZES = {
     # name: (input shape, classes, global batch)
     "mlp": ((784,), 10, 256),
     "cnn": ((28, 28, 1), 10, 128),
+    # Byte sequences of 128 (zero-padded tails of random length: the padding mask is exercised).
+    "transformer": ((128,), 4, 64),
 }
 
 
 def make_model(kind: str, *, quick: bool = False) -> keras.Model:
-    """MLP 784-512-512-10 or a small CNN for 28x28x1 (tiny versions in quick mode)."""
+    """MLP 784-512-512-10, a small CNN for 28x28x1, or the text experiments' Transformer encoder
+    (2 blocks, d=64, over bytes) (tiny versions in quick mode)."""
     shape, classes, _ = SIZES[kind]
+    if kind == "transformer":
+        from experiments import text
+
+        return text.text_transformer(outputs=classes, dim=16 if quick else 64, ff=32 if quick else 128,
+                                     layers=1 if quick else 2, max_len=shape[0], dropout=0.0)
     inp = keras.Input(shape, name="x")
     if kind == "mlp":
         w = 32 if quick else 512
@@ -49,6 +57,10 @@ def make_model(kind: str, *, quick: bool = False) -> keras.Model:
 def synthetic(kind: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     shape, classes, _ = SIZES[kind]
     rng = np.random.default_rng(seed)
+    if kind == "transformer":
+        x = rng.integers(1, 257, size=(n, *shape)).astype(np.int32)
+        x[np.arange(shape[0])[None, :] >= rng.integers(8, shape[0] + 1, size=n)[:, None]] = 0
+        return x, rng.integers(0, classes, size=n).astype(np.int32)
     return rng.normal(size=(n, *shape)).astype(np.float32), rng.integers(0, classes, size=n).astype(np.int32)
 
 

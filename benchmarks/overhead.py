@@ -1,6 +1,7 @@
 """Training throughput: tapeline vs the raw compiled step, Keras `fit` and an eager loop.
 
     python -m benchmarks.overhead            # full sizes (MLP 784-512-512-10 b256, CNN 28x28x1 b128)
+    python -m benchmarks.overhead --models=transformer   # the text Transformer (bytes, length 128, b64)
     python -m benchmarks.overhead --quick    # tiny sizes, one repetition (CI)
 
 Variants, measured in one process, interleaved, after a warm-up, median of --reps:
