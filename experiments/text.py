@@ -21,8 +21,9 @@ byte_lm: a causal Transformer decoder (2 layers, d=64) over docstring chunks of 
 docstring_tags: multi-label: from a function's docstring, which of {raises, returns a value,
     loops, handles an exception (try)} its body does (labels read from the function's own AST); weighted binary
     cross-entropy with pos_weight = negatives / positives per label (all but returns are minorities).
-    Run: python -m framework.main --experiment=docstring_tags --model_dir=runs/doctags \
-         --sweep='task.loss.pos_weight=null,[4.4,0.7,5.1,6.3]'
+    Run: python -m framework.main --experiment=docstring_tags --model_dir=runs/doctags
+         python -m framework.main --experiment=docstring_tags --model_dir=runs/doctags_unweighted \
+             --params_override=task.loss.pos_weight=null
     Expected: pos_weight raises the macro recall over the unweighted run, and both reach a
     macro ROC AUC >= 0.70.
 """
