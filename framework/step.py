@@ -69,11 +69,12 @@ def _add_grads(a: Sequence[Any], b: Sequence[Any]) -> list:
 
 
 def _scale_grad(g: Any, s: tf.Tensor) -> Any:
+    """g * s; a sparse gradient (an embedding's) is made dense: under Mirrored the all-gather of
+    sparse gradients whose row counts differ per replica (padded batches of different
+    lengths) failed with "Shape mismatch in the collective instance" on 2 logical CPUs."""
     if g is None:
         return None
-    if isinstance(g, tf.IndexedSlices):
-        return tf.IndexedSlices(g.values * tf.cast(s, g.values.dtype), g.indices, g.dense_shape)
-    return g * tf.cast(s, g.dtype)
+    return tf.convert_to_tensor(g) * tf.cast(s, g.dtype)
 
 
 def _all_finite(tensors: Sequence[tf.Tensor | None]) -> tf.Tensor:
