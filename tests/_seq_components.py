@@ -33,7 +33,7 @@ if "seq_tokens" not in registry.DATASETS:
         """Variable-length int32 sequences from a generator (unknown length in the spec).
 
         kind: class (a sparse label per sequence), tags (a label per token), dict (labels
-        {"cls": class, "reg": mean token / VOCAB}).
+        {"cls": class, "reg": mean token / VOCAB}), onehot (float features [T, VOCAB], a class).
         """
         seqs = sequences(n, seed=seed + (1000 if split == "eval" else 0), min_len=min_len, max_len=max_len)
 
@@ -43,10 +43,12 @@ if "seq_tokens" not in registry.DATASETS:
                     yield s, tag_labels(s)
                 elif kind == "dict":
                     yield s, {"cls": np.int32(seq_label(s)), "reg": np.float32(s.mean() / VOCAB)}
+                elif kind == "onehot":
+                    yield np.eye(VOCAB, dtype=np.float32)[s], np.int32(seq_label(s))
                 else:
                     yield s, np.int32(seq_label(s))
 
-        x = tf.TensorSpec([None], tf.int32)
+        x = tf.TensorSpec([None, VOCAB], tf.float32) if kind == "onehot" else tf.TensorSpec([None], tf.int32)
         if kind == "tags":
             y = tf.TensorSpec([None], tf.int32)
         elif kind == "dict":
@@ -62,6 +64,14 @@ if "seq_tokens" not in registry.DATASETS:
         h = keras.layers.Embedding(VOCAB, 8, mask_zero=True, name="emb")(x)
         h = keras.layers.LSTM(units, name="lstm")(h)
         return keras.Model(x, keras.layers.Dense(classes, name="out")(h), name="seq_lstm")
+
+    @registry.register_model("seq_masking")
+    def seq_masking(units: int = 8, classes: int = 2) -> keras.Model:
+        """Masking(0.0) + LSTM + Dense over float feature sequences."""
+        x = keras.Input((None, VOCAB), name="features")
+        h = keras.layers.Masking(0.0, name="mask")(x)
+        h = keras.layers.LSTM(units, name="lstm")(h)
+        return keras.Model(x, keras.layers.Dense(classes, name="out")(h), name="seq_masking")
 
     @registry.register_model("seq_tagger")
     def seq_tagger(classes: int = 3, mask_zero: bool = False) -> keras.Model:

@@ -57,6 +57,26 @@ def test_from_generator_lstm_with_mask_zero_matches_keras_fit(tmp_path, jit):
     np.testing.assert_allclose(t.model(padded).numpy(), t.model(s[None]).numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_masking_layer_on_padded_float_sequences_matches_keras_fit():
+    """Variable-length float features [T, D] padded with 0 into a Masking layer: as in fit."""
+    cfg = S.seq_config(task={"model": {"name": "seq_masking"}, "train_data": {"kind": "onehot", "shuffle_buffer": 0},
+                             "eval_data": {"name": ""}})
+    t = trainer_lib.build(cfg, tf.distribute.get_strategy())
+    x, y, _ = next(iter(t.train_dataset(start_step=0)))
+    assert x.shape == (8, 20, S.VOCAB)
+    ref = S.seq_masking()
+    ref.set_weights(t.model.get_weights())
+    t.steps.train_loop(iter(t.train_dataset(start_step=0)), 1, list(range(len(t.groups.variables))))
+    ref.compile(optimizer=keras.optimizers.SGD(0.1),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    ref.fit(x.numpy(), y.numpy(), batch_size=8, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(t.model.get_weights(), ref.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    s = np.eye(S.VOCAB, dtype=np.float32)[S.sequences(1, seed=4, min_len=6, max_len=6)[0]][None]
+    np.testing.assert_allclose(t.model(np.pad(s, [(0, 0), (0, 9), (0, 0)])).numpy(), t.model(s).numpy(), rtol=1e-5,
+                               atol=1e-6)
+
+
 @pytest.mark.parametrize("jit", _JIT)
 def test_padded_training_traces_once_and_eval_pads_rows(tmp_path, jit):
     cfg = S.seq_config(task={"eval_data": {"n": 13}}, trainer={"jit_compile": jit})
