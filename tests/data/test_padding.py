@@ -29,9 +29,7 @@ def _source(n=30, kind="tags", max_len=20, seed=0):
     return pipeline.with_weights(S.seq_tokens("train", n=n, kind=kind, max_len=max_len, seed=seed))
 
 
-# jit auto with an LSTM: minutes of XLA compilation on a loaded 2-core machine (slow); auto is
-# covered in the default suite by the bucketed tagger, the token loss and multi-output tests.
-_JIT = [False, pytest.param("auto", marks=pytest.mark.slow)]
+_JIT = [False, "auto"]
 
 
 @pytest.mark.parametrize("jit", _JIT)
