@@ -306,7 +306,8 @@ class Controller:
         report = {"step": step, **per_class(cm)}
         suffix = f".{prefix[:-1]}" if prefix else ""
         summ.write_json(os.path.join(self.model_dir, f"eval_per_class{suffix}.json"), report)
-        self.summaries.image("eval", f"{prefix}confusion_matrix", summ.confusion_image(cm), step)
+        if cm.shape[0] <= _IMAGE_MAX_CLASSES:
+            self.summaries.image("eval", f"{prefix}confusion_matrix", summ.confusion_image(cm), step)
         self.summaries.text("eval", f"{prefix}per_class", summ.per_class_table(report["classes"]), step=step)
 
     def _per_label_report(self, counts: np.ndarray, step: int, prefix: str = "") -> None:
@@ -354,6 +355,11 @@ class Controller:
         self.ctx.eval_logs = values
         self._dispatch("eval_end")
         return values
+
+
+# Above this many classes (a byte-level language model has 257) the annotated confusion image
+# is unreadable and took ~70 s to draw; the per-class JSON and table are still written.
+_IMAGE_MAX_CLASSES = 50
 
 
 def per_class(cm: np.ndarray) -> dict[str, Any]:
