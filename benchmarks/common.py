@@ -23,40 +23,18 @@ SIZES = {
     # name: (input shape, classes, global batch)
     "mlp": ((784,), 10, 256),
     "cnn": ((28, 28, 1), 10, 128),
-    "transformer": ((64,), 4, 64),  # token ids, sequence length 64
+    # Byte sequences of 128 (zero-padded tails of random length: the padding mask is exercised).
+    "transformer": ((128,), 4, 64),
 }
-VOCAB = {False: 2000, True: 100}  # transformer vocabulary: full, quick
-
-
-def _encoder_block(h: Any, *, dim: int, heads: int, name: str) -> Any:
-    """A post-norm Transformer encoder block (self-attention, then a 4x feed-forward layer)."""
-    a = keras.layers.MultiHeadAttention(heads, dim // heads, name=f"{name}_attention")(h, h)
-    h = keras.layers.LayerNormalization(name=f"{name}_attention_norm")(h + a)
-    f = keras.layers.Dense(4 * dim, activation="gelu", name=f"{name}_ffn_in")(h)
-    f = keras.layers.Dense(dim, name=f"{name}_ffn_out")(f)
-    return keras.layers.LayerNormalization(name=f"{name}_ffn_norm")(h + f)
-
-
-def _transformer(*, quick: bool) -> keras.Model:
-    """Token ids [B, 64] -> class logits: embeddings + learned positions, 2 encoder blocks, mean pool."""
-    (length,), classes, _ = SIZES["transformer"]
-    dim, heads, blocks = (16, 2, 1) if quick else (64, 4, 2)
-    ids = keras.Input((length,), dtype="int32", name="tokens")
-    h = keras.layers.Embedding(VOCAB[quick], dim, name="token_embedding")(ids)
-    pos = keras.layers.Embedding(length, dim, name="position_embedding")(keras.ops.arange(length))
-    h = h + pos
-    for i in range(blocks):
-        h = _encoder_block(h, dim=dim, heads=heads, name=f"transformer_layer_{i}")
-    h = keras.layers.GlobalAveragePooling1D()(h)
-    return keras.Model(ids, keras.layers.Dense(classes, name="head")(h), name="transformer")
-
-
 def make_model(kind: str, *, quick: bool = False) -> keras.Model:
-    """MLP 784-512-512-10, a small CNN for 28x28x1 or a 2-block Transformer text classifier
-    (tiny versions in quick mode)."""
-    if kind == "transformer":
-        return _transformer(quick=quick)
+    """MLP 784-512-512-10, a small CNN for 28x28x1, or the text experiments' Transformer encoder
+    (2 blocks, d=64, over bytes) (tiny versions in quick mode)."""
     shape, classes, _ = SIZES[kind]
+    if kind == "transformer":
+        from experiments import text
+
+        return text.text_transformer(outputs=classes, dim=16 if quick else 64, ff=32 if quick else 128,
+                                     layers=1 if quick else 2, max_len=shape[0], dropout=0.0)
     inp = keras.Input(shape, name="x")
     if kind == "mlp":
         w = 32 if quick else 512
@@ -75,13 +53,14 @@ def make_model(kind: str, *, quick: bool = False) -> keras.Model:
 
 
 def synthetic(kind: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """`n` random examples and labels of the model `kind` (token ids for the Transformer, drawn
-    from the quick vocabulary so that both sizes take the same data)."""
+    """`n` random examples and labels of the model `kind` (for the Transformer: byte ids with
+    zero-padded tails of random length)."""
     shape, classes, _ = SIZES[kind]
     rng = np.random.default_rng(seed)
     if kind == "transformer":
-        return (rng.integers(1, VOCAB[True], size=(n, *shape)).astype(np.int32),
-                rng.integers(0, classes, size=n).astype(np.int32))
+        x = rng.integers(1, 257, size=(n, *shape)).astype(np.int32)
+        x[np.arange(shape[0])[None, :] >= rng.integers(8, shape[0] + 1, size=n)[:, None]] = 0
+        return x, rng.integers(0, classes, size=n).astype(np.int32)
     return rng.normal(size=(n, *shape)).astype(np.float32), rng.integers(0, classes, size=n).astype(np.int32)
 
 

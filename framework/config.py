@@ -52,6 +52,11 @@ class DataConfig(Component):
     allow_nonfinite: bool = False  # the pre-flight logs NaN/Inf in this split instead of stopping
     # train_data only: null | balanced | {class: weight} (per-example draw weight by class).
     sampling: Union[None, str, dict] = None
+    # Variable-length elements: features are padded with pad_value, labels with
+    # label_pad_value (padded positions get weight 0 and never count in losses or metrics).
+    pad_value: float = 0.0
+    label_pad_value: float = 0.0
+    bucket_boundaries: list = dataclasses.field(default_factory=list)  # train only: length buckets
 
 
 @dataclasses.dataclass
@@ -74,8 +79,11 @@ class TaskConfig:
     validation_split: Optional[float] = None
     # Set by --mode=cross_validate for each sub-run: {folds: K, index: i} holds fold i out.
     cv_fold: dict = dataclasses.field(default_factory=dict)
-    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
-    metrics: list = dataclasses.field(default_factory=lambda: ["accuracy"])
+    # One loss section, or {output name: loss section} for a model with several outputs.
+    loss: Union[LossConfig, dict] = dataclasses.field(default_factory=LossConfig)
+    loss_weights: dict = dataclasses.field(default_factory=dict)  # {output name: weight}, default 1
+    # A list, or {output name: [metrics]} for a model with several outputs.
+    metrics: Union[list, dict] = dataclasses.field(default_factory=lambda: ["accuracy"])
     class_weight: Union[None, str, dict] = None
     # Checkpoint (file prefix or directory) whose weights initialize the model, and rules
     # mapping its variable paths to this model's: [{"from": regex, "to": replacement}].
@@ -335,6 +343,9 @@ def _merge_into(obj: Any, data: Mapping[str, Any], path: str) -> None:
                 f"unknown config key {full!r}; valid keys at {path or 'the top level'}: {', '.join(valid)}"
             )
         current = getattr(obj, key)
+        if isinstance(obj, TaskConfig) and key == "loss" and (isinstance(current, dict) or _per_output_loss(value)):
+            setattr(obj, key, _merge_loss(current, value, full))
+            continue
         if dataclasses.is_dataclass(current):
             if value is None:
                 raise ConfigError(f"{full}: expected a mapping; got null")
@@ -345,6 +356,29 @@ def _merge_into(obj: Any, data: Mapping[str, Any], path: str) -> None:
         if item_cls is not None:
             coerced = [_item(item_cls, v, f"{full}[{i}]") for i, v in enumerate(coerced)]
         setattr(obj, key, coerced)
+
+
+def _per_output_loss(value: Any) -> bool:
+    """`task.loss` given as {output: loss section}: no 'name' key, every value a section or a name."""
+    return isinstance(value, Mapping) and bool(value) and "name" not in value and "kwargs" not in value and \
+        all(isinstance(v, (Mapping, str)) for v in value.values())
+
+
+def _merge_loss(current: Any, value: Any, path: str) -> Any:
+    """Merges `value` into `task.loss` when either side maps outputs to loss sections."""
+    if not _per_output_loss(value):
+        if isinstance(value, Mapping) and "name" in value:  # one section replaces the mapping
+            return _item(LossConfig, value, path)
+        raise ConfigError(f"{path}: expected a loss section {{name: ...}} or {{output: loss section}}; "
+                          f"got {value!r}")
+    out = dict(current) if isinstance(current, dict) else {}
+    for k, v in value.items():
+        key = f"{path}.{k}"
+        if isinstance(out.get(k), LossConfig) and isinstance(v, Mapping):
+            _merge_into(out[k], v, key)
+        else:
+            out[k] = _item(LossConfig, v, key)
+    return out
 
 
 def _item(cls: type, value: Any, path: str) -> Any:
@@ -546,6 +580,20 @@ def _check_layer_decay_blocks(spec: Any) -> None:
                               f"(or a list of regexes); got {spec!r}")
 
 
+def _check_class_weight(cw: Any, key: str) -> None:
+    if isinstance(cw, str) and cw != "balanced":
+        raise ConfigError(f"{key}: expected null, 'balanced' or {{class: weight}}; got {cw!r}")
+    if isinstance(cw, dict):
+        for k, v in cw.items():
+            try:
+                int(k)
+                ok = float(v) >= 0 and math.isfinite(float(v))
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ConfigError(f"{key}: expected int class -> weight >= 0; got {k!r}: {v!r}")
+
+
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     """Checks ranges and choices that need no TensorFlow; returns `cfg`.
 
@@ -596,24 +644,35 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         _positive(g.weight_decay, f"optimizer.param_groups[{i}].weight_decay", allow_zero=True, allow_none=True)
     validate_runtime(r)
     cw = t.class_weight
-    if isinstance(cw, str) and cw != "balanced":
-        raise ConfigError(f"task.class_weight: expected null, 'balanced' or {{class: weight}}; got {cw!r}")
-    if isinstance(cw, dict):
-        for k, v in cw.items():
-            try:
-                int(k)
-                ok = float(v) >= 0 and math.isfinite(float(v))
-            except (TypeError, ValueError):
-                ok = False
-            if not ok:
-                raise ConfigError(f"task.class_weight: expected int class -> weight >= 0; got {k!r}: {v!r}")
+    # {output: spec} for a model with several outputs (every value null, 'balanced' or a mapping).
+    per_output = isinstance(cw, dict) and bool(cw) and all(v is None or isinstance(v, (str, dict)) for v in cw.values())
+    for where, spec in ((cw.items() if per_output else [(None, cw)])):
+        _check_class_weight(spec, "task.class_weight" if where is None else f"task.class_weight.{where}")
     _validate_data_protocol(t, tr)
     for i, h in enumerate(cfg.hooks):
         if not h.name:
             raise ConfigError(f"hooks[{i}].name: expected a registered hook name; got {h.name!r}")
-    for i, m in enumerate(t.metrics):
-        if not isinstance(m, (str, dict)):
-            raise ConfigError(f"task.metrics[{i}]: expected a metric name or {{name: ...}}; got {m!r}")
+    lists = t.metrics.items() if isinstance(t.metrics, dict) else [(None, t.metrics)]
+    for out, ms in lists:
+        where = "task.metrics" if out is None else f"task.metrics.{out}"
+        if not isinstance(ms, list):
+            raise ConfigError(f"{where}: expected a list of metrics; got {ms!r}")
+        for i, m in enumerate(ms):
+            if not isinstance(m, (str, dict)):
+                raise ConfigError(f"{where}[{i}]: expected a metric name or {{name: ...}}; got {m!r}")
+    for k, v in t.loss_weights.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ConfigError(f"task.loss_weights.{k}: expected a finite number >= 0; got {v!r}")
+    if t.loss_weights and not isinstance(t.loss, dict):
+        raise ConfigError(f"task.loss_weights: expected task.loss to map output names to loss sections; "
+                          f"got a single loss {t.loss.name!r} with loss_weights {t.loss_weights!r}")
+    for key, d in (("task.train_data", t.train_data), ("task.eval_data", t.eval_data)):
+        b = d.bucket_boundaries
+        if any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in b) or b != sorted(set(b)):
+            raise ConfigError(f"{key}.bucket_boundaries: expected increasing integers > 0; got {b!r}")
+    if t.eval_data.bucket_boundaries:
+        raise ConfigError(f"task.eval_data.bucket_boundaries: expected [] (evaluation pads to the longest "
+                          f"eval example); got {t.eval_data.bucket_boundaries!r}")
     return cfg
 
 

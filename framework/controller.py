@@ -19,6 +19,7 @@ import tensorflow as tf
 from absl import logging
 
 from framework import checkpoint as ckpt_lib
+from framework import metrics as metrics_lib
 from framework import summaries as summ
 from framework.hooks import RunContext
 from framework.hooks import base as hooks_base
@@ -396,7 +397,7 @@ class Controller:
 
     def _train_values(self, step: int) -> dict[str, float]:
         s = self.t.steps
-        out = {"loss": float(s.loss_mean.result())}
+        out = s.loss_values(train=True)
         for name, m in s.train_metrics.items():
             v = _scalar(m.result())
             if v is not None:
@@ -407,20 +408,35 @@ class Controller:
                 out[f"grad_norm/{self.t.groups.groups[gi].name}"] = float(m.result())
             else:
                 out[k] = float(m.result())
-        # learning_rate/<group>: the rate the loop's last step used (recorded by the compiled
-        # step; a frozen group's is 0), that of the group's first variable.
+        # learning_rate/<curve>: the rate the loop's last step used (recorded by the compiled
+        # step; a frozen group's is 0), per group (its variable nearest the head) and, with layer
+        # decay, per depth (GroupTable.lr_curves).
         used = s.last_lr.numpy()
-        empty = self.t.group_lrs(max(step - 1, 0))  # a group without variables: its would-be rate
-        for g in self.t.groups.groups:
-            out[f"learning_rate/{g.name}"] = float(used[g.indices[0]]) if g.indices else empty[g.name]
+        curves = self.t.groups.lr_curves()
+        empty = self.t.group_lrs(max(step - 1, 0)) if None in curves.values() else {}
+        for name, i in curves.items():
+            out[f"learning_rate/{name}"] = float(used[i]) if i is not None else empty[name]
         return out
 
-    def _per_class_report(self, cm: np.ndarray, step: int) -> None:
-        """Writes per-class P/R/F1 and the confusion matrix to model_dir and TensorBoard."""
+    def _per_class_report(self, cm: np.ndarray, step: int, prefix: str = "") -> None:
+        """Writes per-class P/R/F1 and the confusion matrix to model_dir and TensorBoard
+        (`eval_per_class.json`; `eval_per_class.<output>.json` for one output of several)."""
         report = {"step": step, **per_class(cm)}
-        summ.write_json(os.path.join(self.model_dir, "eval_per_class.json"), report)
-        self.summaries.image("eval", "confusion_matrix", summ.confusion_image(cm), step)
-        self.summaries.text("eval", "per_class", summ.per_class_table(report["classes"]), step=step)
+        suffix = f".{prefix[:-1]}" if prefix else ""
+        summ.write_json(os.path.join(self.model_dir, f"eval_per_class{suffix}.json"), report)
+        if cm.shape[0] <= _IMAGE_MAX_CLASSES:
+            self.summaries.image("eval", f"{prefix}confusion_matrix", summ.confusion_image(cm), step)
+        self.summaries.text("eval", f"{prefix}per_class", summ.per_class_table(report["classes"]), step=step)
+
+    def _per_label_report(self, counts: np.ndarray, step: int, prefix: str = "") -> None:
+        """Writes per-label P/R/F1 and support of a multi-label output (`eval_per_label.json`)."""
+        rows = metrics_lib.per_label(counts)
+        suffix = f".{prefix[:-1]}" if prefix else ""
+        summ.write_json(os.path.join(self.model_dir, f"eval_per_label{suffix}.json"), {"step": step, "labels": rows})
+        table = "| label | precision | recall | f1 | support |\n|---|---|---|---|---|\n" + "\n".join(
+            f"| {r['label']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']:g} |"
+            for r in rows)
+        self.summaries.text("eval", f"{prefix}per_label", table, step=step)
 
     def evaluate(self, *, step: int | None = None) -> dict[str, float]:
         """Evaluates on the whole eval set (or `trainer.eval_steps` batches); writes metrics.json."""
@@ -433,9 +449,12 @@ class Controller:
         ds, nb = self._eval_ds
         s = self.t.steps
         values = self.measure(ds, nb)
-        cm = s.eval_metrics.get("_confusion")
-        if cm is not None:
-            self._per_class_report(np.asarray(cm.result()), step)
+        for name, m in s.eval_metrics.items():
+            prefix = name.rsplit("/", 1)[0] + "/" if "/" in name else ""
+            if name[len(prefix):] == "_confusion":
+                self._per_class_report(np.asarray(m.result()), step, prefix=prefix)
+            elif name[len(prefix):] == "_labels":
+                self._per_label_report(np.asarray(m.result()), step, prefix=prefix)
         self.summaries.scalars("eval", step, values)
         summ.log(summ.log_line("eval", step=step, total=self.t.total_steps, values=values))
         self.last_eval = values
@@ -451,12 +470,17 @@ class Controller:
         s.reset_eval_metrics()
         with s.scored_weights():
             s.eval_loop(iter(ds), nb)
-        values = {"loss": float(s.eval_loss_mean.result())}
+        values = s.loss_values(train=False)
         for name, m in s.eval_metrics.items():
             v = _scalar(m.result())
             if v is not None:
                 values[name] = v
         return values
+
+
+# Above this many classes (a byte-level language model has 257) the annotated confusion image
+# is unreadable and took ~70 s to draw; the per-class JSON and table are still written.
+_IMAGE_MAX_CLASSES = 50
 
 
 def per_class(cm: np.ndarray) -> dict[str, Any]:

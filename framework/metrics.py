@@ -363,7 +363,8 @@ def r2(*, num_classes: int | None = None, from_logits: bool = True) -> keras.met
 # ----------------------------------------------------------------------------- build
 
 
-def build(names: Sequence[Any], *, num_classes: int | None, from_logits: bool) -> dict[str, keras.metrics.Metric]:
+def build(names: Sequence[Any], *, num_classes: int | None, from_logits: bool,
+          multilabel: bool = False) -> dict[str, keras.metrics.Metric]:
     """Builds the metrics `task.metrics` lists; call inside the strategy scope.
 
     Args:
@@ -371,6 +372,8 @@ def build(names: Sequence[Any], *, num_classes: int | None, from_logits: bool) -
         **factory kwargs}.
       num_classes: the model's number of outputs (1: binary or regression).
       from_logits: whether the model outputs logits.
+      multilabel: multi-hot labels [B, L]: accuracy, precision, recall, f1 and auc are their
+        multilabel versions (`MULTILABEL`).
 
     Returns:
       {alias or name: metric}, in the order given.
@@ -396,6 +399,11 @@ def build(names: Sequence[Any], *, num_classes: int | None, from_logits: bool) -
                              f"got {entry!r} ({type(entry).__name__})")
         if key in out or key == "loss":
             raise ValueError(f"task.metrics[{i}]: duplicate metric name {key!r} (give an 'alias'); got {entry!r}")
+        if multilabel and name in MULTILABEL:
+            factory = MULTILABEL[name]
+            registry.check_kwargs(factory, kwargs, section=f"task.metrics[{i}]", reserved=("num_labels", "from_logits"))
+            out[key] = factory(**{"num_labels": num_classes, "from_logits": from_logits, **kwargs})
+            continue
         out[key] = registry.build(registry.METRICS, name, kwargs, section=f"task.metrics[{i}]",
                                   extra={"num_classes": num_classes, "from_logits": from_logits})
     return out
@@ -405,3 +413,157 @@ def scalar(value: Any) -> float | None:
     """A metric result as a float, or None for non-scalar results (confusion matrix)."""
     arr = np.asarray(value)
     return float(arr) if arr.ndim == 0 else None
+
+
+# ----------------------------------------------------------------------------- multi-label
+
+_ML_AVERAGES = ("micro", "macro", "weighted", "samples")
+
+
+class MultilabelCounts(keras.metrics.Metric):
+    """Weighted per-label counts of multi-hot labels [B, L] against thresholded raw outputs.
+
+    State (sums, exact over replicas): per label `tp`, `fp`, `fn`; per-sample precision,
+    recall and F1 summed with the sample weights, and the sum of those weights (for the
+    `samples` average). `result()` is the [3, L] matrix (tp, fp, fn): not a scalar, so not
+    logged; it feeds the per-label report.
+    """
+
+    def __init__(self, *, num_labels: int, from_logits: bool = True, threshold: float | None = None,
+                 name: str = "multilabel_counts", **kwargs: Any) -> None:
+        """Creates the state.
+
+        Args:
+          num_labels: L, the number of labels.
+          from_logits: whether outputs are logits.
+          threshold: probability threshold of a positive prediction (default 0.5).
+          name: metric name.
+          **kwargs: passed to keras.metrics.Metric.
+        """
+        super().__init__(name=name, **kwargs)
+        self.num_labels = int(num_labels)
+        self.from_logits = from_logits
+        self._raw_threshold = _raw_threshold(threshold, from_logits, metric=name)
+        self.counts = self.add_variable(shape=(3, self.num_labels), initializer="zeros", dtype="float32",
+                                        name="counts", aggregation="sum")
+        self.samples = self.add_variable(shape=(4,), initializer="zeros", dtype="float32", name="samples",
+                                         aggregation="sum")
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        """Adds a batch: labels [B, L] (0/1), raw outputs [B, L], weights [B]."""
+        y = tf.cast(tf.reshape(y_true, [-1, self.num_labels]), tf.float32)
+        p = tf.cast(tf.reshape(tf.cast(y_pred, tf.float32), [-1, self.num_labels]) > self._raw_threshold,
+                    tf.float32)
+        w = _flat_weights(sample_weight, y[:, 0])
+        tp, fp, fn = y * p, (1.0 - y) * p, y * (1.0 - p)
+        self.counts.assign_add(tf.stack([tf.reduce_sum(c * w[:, None], 0) for c in (tp, fp, fn)]))
+        # Per sample, as scikit-learn's `samples` average with zero_division=0.
+        stp, sfp, sfn = tf.reduce_sum(tp, 1), tf.reduce_sum(fp, 1), tf.reduce_sum(fn, 1)
+        precision = tf.math.divide_no_nan(stp, stp + sfp)
+        recall = tf.math.divide_no_nan(stp, stp + sfn)
+        f1 = tf.math.divide_no_nan(2.0 * stp, 2.0 * stp + sfp + sfn)
+        self.samples.assign_add(tf.stack([tf.reduce_sum(v * w) for v in (precision, recall, f1, tf.ones_like(w))]))
+
+    def result(self) -> tf.Tensor:
+        return tf.convert_to_tensor(self.counts)
+
+
+class MultilabelPRF(MultilabelCounts):
+    """Precision, recall or F1 of multi-hot labels: micro, macro, weighted or samples average,
+    as scikit-learn's multilabel definitions (zero_division=0; macro over all L labels)."""
+
+    def __init__(self, *, kind: str, average: str | None = None, **kwargs: Any) -> None:
+        """Creates the state.
+
+        Args:
+          kind: "precision", "recall" or "f1".
+          average: micro | macro (default) | weighted (by each label's weighted support) |
+            samples (mean over examples of the per-example score).
+          **kwargs: passed to MultilabelCounts.
+
+        Raises:
+          ValueError: unknown `average`.
+        """
+        super().__init__(name=kwargs.pop("name", kind), **kwargs)
+        average = average or "macro"
+        if average not in _ML_AVERAGES:
+            raise ValueError(f"task.metrics.{kind}.average: expected {' | '.join(_ML_AVERAGES)} "
+                             f"(multi-label); got {average!r}")
+        self.kind, self.average = kind, average
+
+    def result(self) -> tf.Tensor:
+        if self.average == "samples":
+            i = ("precision", "recall", "f1").index(self.kind)
+            return tf.math.divide_no_nan(self.samples[i], self.samples[3])
+        tp, fp, fn = tf.unstack(tf.convert_to_tensor(self.counts))
+        if self.average == "micro":
+            tp, fp, fn = (tf.reduce_sum(t, keepdims=True) for t in (tp, fp, fn))
+        per = _multilabel_scores(tp, fp, fn)[self.kind]
+        if self.average == "weighted":
+            return tf.math.divide_no_nan(tf.reduce_sum(per * (tp + fn)), tf.reduce_sum(tp + fn))
+        return tf.reduce_mean(per)
+
+
+def _multilabel_scores(tp: Any, fp: Any, fn: Any) -> dict[str, Any]:
+    precision = tf.math.divide_no_nan(tp, tp + fp)
+    recall = tf.math.divide_no_nan(tp, tp + fn)
+    return {"precision": precision, "recall": recall, "f1": tf.math.divide_no_nan(2.0 * tp, 2.0 * tp + fp + fn)}
+
+
+def per_label(counts: np.ndarray) -> list[dict[str, float]]:
+    """Per-label precision, recall, F1 and (weighted) support from `MultilabelCounts.result()`."""
+    tp, fp, fn = (np.asarray(c, np.float64) for c in counts)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1e-30), 0.0)
+        r = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1e-30), 0.0)
+        f = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1e-30), 0.0)
+    return [{"label": i, "precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+             "support": float(tp[i] + fn[i])} for i in range(len(tp))]
+
+
+class MultilabelAUC(keras.metrics.AUC):
+    """ROC/PR AUC of multi-hot labels: per label, then the unweighted mean (scikit-learn's
+    macro). Keras's bucketed approximation (see `AUC`)."""
+
+    def __init__(self, *, num_labels: int, from_logits: bool, **kwargs: Any) -> None:
+        self._logits = from_logits
+        self._n = int(num_labels)
+        super().__init__(multi_label=True, num_labels=self._n, **kwargs)
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        """Adds a batch: labels [B, L], raw outputs [B, L], weights [B]."""
+        y_pred = tf.reshape(tf.cast(y_pred, tf.float32), [-1, self._n])
+        p = tf.sigmoid(y_pred) if self._logits else y_pred
+        y = tf.cast(tf.reshape(y_true, [-1, self._n]), tf.float32)
+        if sample_weight is not None:
+            sample_weight = tf.cast(tf.reshape(sample_weight, [-1, 1]), tf.float32)
+        return super().update_state(y, p, sample_weight=sample_weight)
+
+
+def _ml_accuracy(*, num_labels: int, from_logits: bool = True, threshold: float | None = None) -> keras.metrics.Metric:
+    """Binary accuracy over all labels (1 - scikit-learn's hamming_loss)."""
+    return _binary_accuracy("accuracy", from_logits=from_logits, threshold=threshold)
+
+
+def _ml_prf(kind: str):
+    def factory(*, num_labels: int, from_logits: bool = True, average: str | None = None,
+                threshold: float | None = None) -> keras.metrics.Metric:
+        return MultilabelPRF(kind=kind, num_labels=num_labels, from_logits=from_logits, average=average,
+                             threshold=threshold)
+    factory.__name__ = kind
+    return factory
+
+
+def _ml_auc(*, num_labels: int, from_logits: bool = True, curve: str = "ROC",
+            num_thresholds: int = 2000) -> keras.metrics.Metric:
+    if curve not in ("ROC", "PR"):
+        raise ValueError(f"task.metrics.auc.curve: expected ROC | PR; got {curve!r}")
+    if not isinstance(num_thresholds, int) or num_thresholds < 2:
+        raise ValueError(f"task.metrics.auc.num_thresholds: expected an integer >= 2; got {num_thresholds!r}")
+    return MultilabelAUC(num_labels=num_labels, from_logits=from_logits, curve=curve, num_thresholds=num_thresholds,
+                         name="auc")
+
+
+# The multilabel versions `build(..., multilabel=True)` uses for these names.
+MULTILABEL = {"accuracy": _ml_accuracy, "binary_accuracy": _ml_accuracy, "precision": _ml_prf("precision"),
+              "recall": _ml_prf("recall"), "f1": _ml_prf("f1"), "auc": _ml_auc}

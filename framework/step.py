@@ -9,6 +9,13 @@ learning rate. The update runs there because Keras's optimizer would sum across 
 second time in replica context, and because a synchronization point inside a `tf.cond` in
 replica context fails ("merge_call called while defining a new graph").
 
+Several outputs (a dict or list of model outputs, labels keyed by output name) each have their
+loss; the trained loss is their weighted sum. A sequence output (a loss with one value per
+position) is token-level: padded positions (weight 0) and positions outside the output's Keras
+mask are excluded, and the loss is the mean over the real tokens of the global batch (all
+replicas and micro-batches). Its gradient is taken of the token sum and divided by the global
+token count once that count is all-reduced.
+
 No logging, file I/O or NumPy here: the controller reads results once per inner loop.
 """
 from __future__ import annotations
@@ -35,6 +42,47 @@ def _match_labels(y: tf.Tensor, pred: tf.Tensor) -> tf.Tensor:
             and y.shape.rank == pred.shape.rank - 1:
         return tf.expand_dims(y, -1)
     return y
+
+
+def _select(struct: Any, key: str | None, names: Sequence[str]) -> Any:
+    """The part of a model output, label or weight structure that belongs to output `key`."""
+    if key is None:
+        return struct
+    if isinstance(struct, Mapping):
+        return struct[key]
+    if isinstance(struct, (list, tuple)):
+        return struct[list(names).index(key)]
+    return struct  # one weight shared by every output
+
+
+def _token_rows(pred: tf.Tensor, y: tf.Tensor, w: tf.Tensor) -> tuple:
+    """A sequence output's predictions, labels and weights as one row per token, for metrics."""
+    def rows(t: tf.Tensor) -> tf.Tensor:
+        return tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], 0))
+    return rows(pred), rows(y), tf.reshape(w, [-1])
+
+
+def _add_grads(a: Sequence[Any], b: Sequence[Any]) -> list:
+    """Elementwise sum of two gradient lists (None: no gradient; sparse parts made dense)."""
+    def add(x: Any, y: Any) -> Any:
+        if isinstance(x, tf.IndexedSlices) or isinstance(y, tf.IndexedSlices):
+            return tf.convert_to_tensor(x) + tf.convert_to_tensor(y)
+        return x + y
+    return [x if y is None else (y if x is None else add(x, y)) for x, y in zip(a, b)]
+
+
+def _scale_grad(g: Any, s: tf.Tensor) -> Any:
+    """g * s; a sparse gradient (an embedding's) is made dense: under Mirrored the all-gather of
+    sparse gradients whose row counts differ per replica (padded batches of different
+    lengths) failed with "Shape mismatch in the collective instance" on 2 logical CPUs."""
+    if g is None:
+        return None
+    return tf.convert_to_tensor(g) * tf.cast(s, g.dtype)
+
+
+def _dense(g: Any) -> Any:
+    """A gradient as a dense tensor (IndexedSlices converted; None kept)."""
+    return tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
 
 
 def _all_finite(tensors: Sequence[tf.Tensor | None]) -> tf.Tensor:
@@ -134,10 +182,17 @@ class Steps:
                  class_weights: Sequence[float] | None = None, nonfinite: str = "terminate",
                  loss_scaling: bool = False, initial_loss_scale: float = 32768.0,
                  ema_decay: float | None = None, jit_compile: bool = False,
-                 inject_nonfinite_at: int | None = None, xla_group_steps: int = 1) -> None:
+                 inject_nonfinite_at: int | None = None, xla_group_steps: int = 1,
+                 loss_weights: Mapping[str, float] | None = None, output_names: Sequence[str] = ()) -> None:
         self.strategy = strategy
         self.model = model
         self.loss_fn = loss_fn
+        # (output key, loss, weight) per output; key None: a single-output model.
+        if isinstance(loss_fn, Mapping):
+            self.outputs = [(k, f, float((loss_weights or {}).get(k, 1.0))) for k, f in loss_fn.items()]
+        else:
+            self.outputs = [(None, loss_fn, 1.0)]
+        self.output_names = list(output_names)
         self.optimizer = optimizer
         self.variables = list(variables)
         self.weight_decays = [float(w) for w in weight_decays]
@@ -152,7 +207,10 @@ class Steps:
         self.group_of = list(group_of)
         self.num_groups = num_groups
         self.accumulation_steps = accumulation_steps
-        self.class_weights = None if class_weights is None else [float(c) for c in class_weights]
+        if isinstance(class_weights, Mapping):
+            self.class_weights = {k: [float(c) for c in v] for k, v in class_weights.items() if v is not None}
+        else:
+            self.class_weights = None if class_weights is None else [float(c) for c in class_weights]
         self.nonfinite = nonfinite
         self.loss_scaling = loss_scaling
         self.ema_decay = ema_decay
@@ -171,6 +229,12 @@ class Steps:
         with strategy.scope():
             self.loss_mean = keras.metrics.Mean(name="loss")
             self.eval_loss_mean = keras.metrics.Mean(name="loss")
+            # Per-output (unweighted) losses of a multi-output model: "<output>/loss".
+            multi = self.outputs[0][0] is not None
+            self.output_loss_means = {k: keras.metrics.Mean(name=f"{k}/loss") for k, _, _ in self.outputs} \
+                if multi else {}
+            self.eval_output_loss_means = {k: keras.metrics.Mean(name=f"{k}/loss") for k, _, _ in self.outputs} \
+                if multi else {}
             self.stat_means = {k: keras.metrics.Mean(name=k) for k in
                                ["grad_norm", "grad_norm_clipped", "clipped_fraction"] +
                                [f"grad_norm/{i}" for i in range(num_groups)]}
@@ -203,70 +267,173 @@ class Steps:
         return out
 
     def reset_train_metrics(self) -> None:
-        for m in [self.loss_mean, *self.stat_means.values(), *self.train_metrics.values()]:
+        for m in [self.loss_mean, *self.stat_means.values(), *self.train_metrics.values(),
+                  *self.output_loss_means.values()]:
             m.reset_state()
 
     def reset_eval_metrics(self) -> None:
-        for m in [self.eval_loss_mean, *self.eval_metrics.values()]:
+        for m in [self.eval_loss_mean, *self.eval_metrics.values(), *self.eval_output_loss_means.values()]:
             m.reset_state()
+
+    def loss_values(self, *, train: bool) -> dict[str, float]:
+        """`loss` (the weighted total) and, for several outputs, `<output>/loss` (unweighted)."""
+        means = self.output_loss_means if train else self.eval_output_loss_means
+        if not means:
+            return {"loss": float((self.loss_mean if train else self.eval_loss_mean).result())}
+        per = {f"{k}/loss": float(means[k].result()) for k, _, _ in self.outputs}
+        total = float(self.loss_mean.result()) if train else \
+            sum(w * per[f"{k}/loss"] for k, _, w in self.outputs)
+        return {"loss": total, **per}
+
+    def metric_output(self, name: str) -> str | None:
+        """The output a metric reads: the `<output>/` prefix of its name (several outputs)."""
+        return name.split("/", 1)[0] if self.outputs[0][0] is not None else None
 
     # ------------------------------------------------------------------ replica code
 
-    def _example_weights(self, y: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
+    def _example_weights(self, y: tf.Tensor, w: tf.Tensor, key: str | None = None) -> tf.Tensor:
         w = tf.cast(w, tf.float32)
-        if self.class_weights is not None:
-            cw = tf.constant(self.class_weights, tf.float32)
-            # One-hot (or soft) labels [B, C]: the class is the argmax, as in Keras's fit.
-            one_hot = y.shape.rank is not None and y.shape.rank >= 2 and y.shape[-1] == len(self.class_weights) > 1
-            ids = tf.argmax(y, axis=-1, output_type=tf.int32) if one_hot else tf.cast(tf.reshape(y, [-1]), tf.int32)
+        cws = self.class_weights.get(key) if isinstance(self.class_weights, dict) else self.class_weights
+        if cws is not None:
+            cw = tf.constant(cws, tf.float32)
+            # One-hot (or soft) labels, one axis more than the weights: the class is the argmax,
+            # as in Keras's fit. Otherwise class ids, per example or per token (shaped as `w`).
+            one_hot = (y.shape.rank is not None and w.shape.rank is not None and y.shape.rank == w.shape.rank + 1
+                       and y.shape[-1] == len(cws) > 1)
+            if one_hot:
+                ids = tf.argmax(y, axis=-1, output_type=tf.int32)
+            else:
+                ids = tf.cast(tf.reshape(y, tf.shape(w)), tf.int32) if w.shape.rank else \
+                    tf.cast(tf.reshape(y, [-1]), tf.int32)
             w = w * tf.gather(cw, ids)
         return w
 
+    def _output_terms(self, key: str | None, loss_fn: Callable, pred: Any, y: Any, w: Any):
+        """One output's loss terms: (sum of weighted losses, count it is a mean over or None for
+        an example-level output, float32 prediction, matched labels, weight for its metrics)."""
+        pred_k = _select(pred, key, self.output_names)
+        mask = getattr(pred_k, "_keras_mask", None)  # read before the cast, which drops it
+        pred32 = tf.cast(pred_k, tf.float32)
+        y_k = _select(y, key, self.output_names)
+        w_k = tf.cast(_select(w, key, self.output_names), tf.float32)
+        y2 = _match_labels(y_k, pred32)
+        per = loss_fn(y2, pred32)
+        if per.shape.rank is not None and per.shape.rank >= 2:  # one loss per position: tokens
+            per = tf.reshape(per, tf.concat([tf.shape(per)[:2], [-1]], 0))
+            per = tf.reduce_mean(per, axis=-1)
+            w_pos = w_k if w_k.shape.rank == 2 else w_k[:, None] * tf.ones_like(per)
+            real = tf.cast(tf.not_equal(w_pos, 0.0), tf.float32)
+            if mask is not None:
+                m = tf.cast(tf.reshape(mask, tf.shape(per)), tf.float32)
+                real, w_pos = real * m, w_pos * m
+            weights = self._example_weights(y2, w_pos, key)
+            return (tf.reduce_sum(per * weights), tf.reduce_sum(real)) + _token_rows(pred32, y2, w_pos)
+        per = tf.reshape(per, [tf.shape(per)[0], -1])
+        per = tf.reduce_mean(per, axis=-1) * self._example_weights(y_k, w_k, key)
+        return tf.reduce_sum(per), None, pred32, y2, w_k
+
+    def _eval_terms(self, key: str | None, loss_fn: Callable, pred: Any, y: Any, w: Any):
+        """One output's eval losses and their weights (per example, or per real token), the
+        float32 prediction, matched labels and the weight for its metrics."""
+        pred_k = _select(pred, key, self.output_names)
+        mask = getattr(pred_k, "_keras_mask", None)
+        pred32 = tf.cast(pred_k, tf.float32)
+        w_k = tf.cast(_select(w, key, self.output_names), tf.float32)
+        y2 = _match_labels(_select(y, key, self.output_names), pred32)
+        per = loss_fn(y2, pred32)
+        if per.shape.rank is not None and per.shape.rank >= 2:
+            per = tf.reduce_mean(tf.reshape(per, tf.concat([tf.shape(per)[:2], [-1]], 0)), axis=-1)
+            w_pos = w_k if w_k.shape.rank == 2 else w_k[:, None] * tf.ones_like(per)
+            if mask is not None:
+                w_pos = w_pos * tf.cast(tf.reshape(mask, tf.shape(per)), tf.float32)
+            return (per, w_pos) + _token_rows(pred32, y2, w_pos)
+        per = tf.reduce_mean(tf.reshape(per, [tf.shape(per)[0], -1]), axis=-1)
+        return per, w_k, pred32, y2, w_k
+
     def _forward_backward(self, x: Any, y: tf.Tensor, w: tf.Tensor, active: tuple[int, ...]):
-        """Per-replica loss (its share of the global mean), predictions and gradients."""
-        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        """Per-replica loss terms, predictions and gradients of one micro-batch.
+
+        Returns a dict: `loss` is this replica's share of the global mean of the weighted
+        example-level outputs (plus regularization) and `grads` its gradient; a token-level
+        output k contributes its token-loss sum `token_sums[k]` (unweighted), real-token count
+        `token_counts[k]` and the gradient of its weighted sum `token_grads[k]` (normalised by
+        the caller once the global count is known); `output_losses[k]` is an example-level
+        output's unweighted share. `preds`, `labels`, `weights` are keyed by output (None: a
+        single output).
+        """
         variables = [self.variables[i] for i in active]
-        with tf.GradientTape() as tape:
+        # Persistent: a token-level output takes its own gradient call (a trace-time choice; in
+        # a compiled step it keeps nothing alive that the one backward pass would not).
+        with tf.GradientTape(persistent=True) as tape:
             with _replica_seeds(self.model):
                 pred = self.model(x, training=True)
-            pred32 = tf.cast(pred, tf.float32)
-            y2 = _match_labels(y, pred32)
-            per_example = self.loss_fn(y2, pred32)
-            per_example = tf.reshape(per_example, [tf.shape(per_example)[0], -1])
-            per_example = tf.reduce_mean(per_example, axis=-1) * self._example_weights(y, w)
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
+            loss = tf.constant(0.0)
+            token_sums, token_counts, preds, labels, weights, output_losses = {}, {}, {}, {}, {}, {}
+            for key, loss_fn, lw in self.outputs:
+                total, count, preds[key], labels[key], weights[key] = self._output_terms(key, loss_fn, pred, y, w)
+                if count is None:
+                    output_losses[key] = total / self.global_batch
+                    loss += lw * output_losses[key]
+                else:
+                    token_sums[key], token_counts[key] = total, count
             if self.model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n([tf.cast(l, tf.float32) for l in self.model.losses]))
-            scaled = loss * self.loss_scale if self.loss_scaling else loss
-        grads = tape.gradient(scaled, variables)
+            static = len(token_sums) < len(self.outputs) or bool(self.model.losses)
+            scale = self.loss_scale if self.loss_scaling else 1.0
+            lws = {k: lw for k, _, lw in self.outputs}
+            scaled = {k: v * (lws[k] * scale) for k, v in token_sums.items()}
+            scaled_loss = loss * scale
+        grads = tape.gradient(scaled_loss, variables) if static else [None] * len(variables)
+        token_grads = {k: tape.gradient(v, variables) for k, v in scaled.items()}
         # Sparse gradients (an Embedding's IndexedSlices) become dense here, once, so that every
         # stage after this one (loss-scale division, accumulation sums, the cross-replica sum,
         # clipping norms, the non-finite check, gated writes) sees plain tensors. Chosen over
         # accumulating IndexedSlices by concatenation: that grows with every micro-batch and
         # replica, repeats indices that clipping must sum anyway, and Keras's Adam densifies its
         # moment updates regardless; the cost is one table-sized add per step and micro-batch.
-        grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
+        grads = [_dense(g) for g in grads]
+        token_grads = {k: [_dense(g) for g in gs] for k, gs in token_grads.items()}
         if self.loss_scaling:
             grads = [None if g is None else tf.cast(g, tf.float32) / self.loss_scale for g in grads]
-        return loss, pred32, y2, grads
+            token_grads = {k: [_scale_grad(g, 1.0 / self.loss_scale) for g in gs] for k, gs in token_grads.items()}
+        return dict(loss=loss, token_sums=token_sums, token_counts=token_counts, preds=preds, labels=labels,
+                    weights=weights, grads=grads, token_grads=token_grads, output_losses=output_losses)
 
     def _replica_train(self, batches: Sequence[Any], active: tuple[int, ...], step: tf.Tensor) -> None:
         ctx = tf.distribute.get_replica_context()
-        replicas = ctx.num_replicas_in_sync
         n = len(batches)
         total_loss = tf.constant(0.0)
         acc = None
         compute = self._compute_fn(active)
+        tokens: dict = {}  # token-level output -> [loss sum, real-token count, gradient of its weighted sum]
+        output_losses: dict = {}
         for x, y, w in batches:  # accumulation micro-batches (Python-unrolled; n is small)
-            loss, pred, y2, grads = compute(x, y, w)
-            for m in self.train_metrics.values():
-                m.update_state(y2, pred, sample_weight=w)
+            out = compute(x, y, w)
+            loss, grads = out["loss"], out["grads"]
+            for name, m in self.train_metrics.items():
+                k = self.metric_output(name)
+                m.update_state(out["labels"][k], out["preds"][k], sample_weight=out["weights"][k])
             total_loss += loss
             acc = grads if acc is None else [a if g is None else (g if a is None else a + g)
                                              for a, g in zip(acc, grads)]
+            for k, v in out["output_losses"].items():
+                output_losses[k] = output_losses.get(k, 0.0) + v / n
+            for k, v in out["token_sums"].items():
+                prev = tokens.get(k)
+                tokens[k] = [v, out["token_counts"][k], out["token_grads"][k]] if prev is None else \
+                    [prev[0] + v, prev[1] + out["token_counts"][k], _add_grads(prev[2], out["token_grads"][k])]
         if n > 1:
             total_loss = total_loss / n
             acc = [None if g is None else g / n for g in acc]
+        if tokens:
+            # The mean over the real tokens of the global batch: one all-reduce of the counts.
+            counts = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [tokens[k][1] for k in tokens])
+            lws = {k: lw for k, _, lw in self.outputs}
+            for k, c in zip(tokens, counts):
+                inv = 1.0 / tf.maximum(c, 1.0)
+                output_losses[k] = tokens[k][0] * inv
+                total_loss += lws[k] * output_losses[k]
+                acc = _add_grads(acc, [_scale_grad(g, inv) for g in tokens[k][2]])
         if self.inject_nonfinite_at is not None:
             bad = tf.equal(step, self.inject_nonfinite_at)
             total_loss = tf.where(bad, tf.constant(float("nan")), total_loss)
@@ -286,6 +453,11 @@ class Steps:
                            lambda: _all_finite(acc))
         grads_ok = tf.logical_and(grads_ok, stats["grad_norm_clipped"] < _MAX_APPLIED_NORM)
         self.loss_mean.update_state(global_loss)
+        if self.output_loss_means:
+            keys = list(self.output_loss_means)
+            values = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [output_losses[k] for k in keys])
+            for k, v in zip(keys, values):
+                self.output_loss_means[k].update_state(v)
         for k, v in stats.items():
             if k == "clipped":
                 self.stat_means["clipped_fraction"].update_state(v)
@@ -468,13 +640,14 @@ class Steps:
             @tf.autograph.experimental.do_not_convert  # as the train step (see _make_train_loop)
             def replica_eval(batch):
                 x, y, w = batch
-                pred = tf.cast(self.model(x, training=False), tf.float32)
-                y2 = _match_labels(y, pred)
-                per_example = self.loss_fn(y2, pred)
-                per_example = tf.reduce_mean(tf.reshape(per_example, [tf.shape(per_example)[0], -1]), axis=-1)
-                self.eval_loss_mean.update_state(per_example, sample_weight=w)
-                for m in self.eval_metrics.values():
-                    m.update_state(y2, pred, sample_weight=w)
+                pred = self.model(x, training=False)
+                preds, labels, weights = {}, {}, {}
+                for key, loss_fn, _ in self.outputs:
+                    values, vw, preds[key], labels[key], weights[key] = self._eval_terms(key, loss_fn, pred, y, w)
+                    (self.eval_output_loss_means.get(key) or self.eval_loss_mean).update_state(values, sample_weight=vw)
+                for name, m in self.eval_metrics.items():
+                    k = self.metric_output(name)
+                    m.update_state(labels[k], preds[k], sample_weight=weights[k])
 
             @tf.function
             def loop(iterator, num_batches):

@@ -16,8 +16,7 @@ import tensorflow as tf
 from absl import logging
 
 from framework import distribute as dist
-from framework import losses as losses_lib
-from framework import metrics as metrics_lib
+from framework import outputs as outputs_lib
 from framework import registry
 from framework.config import ExperimentConfig
 from framework.data import pipeline
@@ -62,6 +61,9 @@ class Trainer:
     sample_weights: np.ndarray | None = None
     # Class -> frequency among the first epoch's draws (logged and summarized by the controller).
     sampled_frequencies: dict[int, float] | None = None
+    train_padding: pipeline.Padding | None = None
+    eval_padding: pipeline.Padding | None = None
+    heads: list = dataclasses.field(default_factory=list)
 
     def train_dataset(self, *, start_step: int) -> Any:
         """Distributed training batches positioned at `start_step` (exact resume)."""
@@ -76,7 +78,8 @@ class Trainer:
                 self.train_source, global_batch=d.batch_size, seed=self.cfg.trainer.seed,
                 shuffle_buffer=d.shuffle_buffer, cache=d.cache, num_examples=n,
                 start_batch=0 if overfit else start_batch,
-                augment=getattr(self.train_source, "_tapeline_augment", None), sample_weights=self.sample_weights)
+                augment=getattr(self.train_source, "_tapeline_augment", None), sample_weights=self.sample_weights,
+                padding=self.train_padding)
             if overfit:
                 # The same first N global batches, over and over (cached: augmentation frozen too).
                 ds = ds.take(overfit).cache().repeat().skip(start_batch % overfit)
@@ -91,7 +94,7 @@ class Trainer:
 
         def make() -> tf.data.Dataset:
             ds, nb = pipeline.eval_batches(self.eval_source, global_batch=d.batch_size, cache=d.cache,
-                                           num_examples=self.num_eval_examples)
+                                           num_examples=self.num_eval_examples, padding=self.eval_padding)
             holder["n"] = nb
             return ds
 
@@ -109,13 +112,16 @@ class Trainer:
         if n < 0:
             raise ValueError("task.test_data: the test dataset is infinite; it must be finite")
         check_inputs(self.model, source.element_spec[0], name="task.test_data")
-        if "sparse" in self.cfg.task.loss.name:
-            pipeline.check_sparse_labels(pipeline.labels_array(source), num_classes=self.num_classes,
+        one = self.heads[0] if len(self.heads) == 1 and self.heads[0].key is None else None
+        if one is not None and "sparse" in one.loss_name:
+            pipeline.check_sparse_labels(pipeline.labels_array(source), num_classes=one.units,
                                          name="task.test_data")
+        padding = pipeline.make_padding(source, pad_value=d.pad_value, label_pad_value=d.label_pad_value,
+                                        num_examples=n, name="task.test_data")
 
         def make() -> tf.data.Dataset:
             return pipeline.eval_batches(source, global_batch=d.batch_size, cache=d.cache, num_examples=n,
-                                         name="task.test_data")[0]
+                                         name="task.test_data", padding=padding)[0]
 
         return pipeline.distribute(self.strategy, make), math.ceil(n / d.batch_size)
 
@@ -257,6 +263,13 @@ def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, *,
     else:
         total_steps = tr.train_steps
 
+    train_padding = pipeline.make_padding(
+        train_source, pad_value=t.train_data.pad_value, label_pad_value=t.train_data.label_pad_value,
+        boundaries=t.train_data.bucket_boundaries, num_examples=n_train, name="task.train_data")
+    eval_padding = None if eval_source is None else pipeline.make_padding(
+        eval_source, pad_value=t.eval_data.pad_value, label_pad_value=t.eval_data.label_pad_value,
+        num_examples=n_eval, name="task.eval_data")
+    _log_padding(train_padding, eval_padding)
     x_spec = train_source.element_spec[0]
     with strategy.scope():
         model = registry.build(registry.MODELS, t.model.name, t.model.kwargs, section="task.model")
@@ -266,42 +279,19 @@ def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, *,
         check_inputs(model, x_spec, name="task.train_data")
         if eval_source is not None:
             check_inputs(model, eval_source.element_spec[0], name="task.eval_data")
-        dummy = tf.nest.map_structure(lambda s: tf.zeros([1, *s.shape], s.dtype), x_spec)
+        dummy = outputs_lib.dummy_features(x_spec)
         try:
-            model(dummy, training=False)  # creates every variable inside the scope
+            out = model(dummy, training=False)  # creates every variable inside the scope
         except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
             raise ValueError(f"task.train_data: features {_spec_text(x_spec)} do not fit model {t.model.name!r}: "
                              f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
-        loss_fn = registry.build(registry.LOSSES, t.loss.name, t.loss.kwargs, section="task.loss")
-        units = _output_units(model)
-        if units is None:
-            units = int(model(dummy, training=False).shape[-1])
-        from_logits = losses_lib.loss_from_logits(loss_fn)
+        heads = outputs_lib.build_heads(t, model, out, train_source.element_spec[1])
+        loss_fn = heads[0].loss_fn if heads[0].key is None else {h.key: h.loss_fn for h in heads}
+        units = heads[0].units
         num_classes = units
-        train_metrics = metrics_lib.build(list(t.metrics), num_classes=num_classes, from_logits=from_logits)
-        eval_metrics = metrics_lib.build(list(t.metrics), num_classes=num_classes, from_logits=from_logits)
-        if _is_classification(t.loss.name) and "_confusion" not in eval_metrics:
-            # Always kept for the per-class report written after each evaluation.
-            eval_metrics["_confusion"] = metrics_lib.ConfusionMatrix(
-                num_classes=max(num_classes, 2), from_logits=from_logits, name="_confusion")
+        train_metrics, eval_metrics = outputs_lib.build_metrics(t, heads)
 
-    sparse = "sparse" in t.loss.name
-    class_weights = None
-    if sparse or t.class_weight is not None:
-        labels = checked.labels.get("train")  # read once by the pre-flight when in memory
-        if labels is None:
-            labels = pipeline.labels_array(train_source) if n_train > 0 else np.zeros([0], np.int64)
-        if sparse:
-            pipeline.check_sparse_labels(labels, num_classes=units, name="task.train_data")
-            if eval_source is not None:
-                eval_labels = checked.labels.get("eval")
-                pipeline.check_sparse_labels(pipeline.labels_array(eval_source) if eval_labels is None
-                                             else eval_labels, num_classes=units, name="task.eval_data")
-        if t.class_weight is not None:
-            ncls = units if units > 1 else 2
-            class_weights = class_weight_vector(t.class_weight, labels, ncls)
-            logging.info("class weights (%s): %s", t.class_weight if isinstance(t.class_weight, str) else "given",
-                         ", ".join(f"{i}: {w:.4g}" for i, w in enumerate(class_weights)))
+    class_weights = _check_labels(t, heads, train_source, eval_source, n_train, known=checked.labels)
 
     sample_weights, sampled = _sampling(cfg, train_source, n_train)
 
@@ -328,6 +318,8 @@ def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, *,
     # fetched batches), except around convolutions: an XLA loop around a conv layer ran ~50x
     # slower on CPU (docs/design.md#t5).
     group = _XLA_GROUP_STEPS if jit and not has_conv else 1
+    if train_padding is not None and (train_padding.boundaries or train_padding.max_length is None):
+        group = 1  # batches of different lengths cannot be stacked into one XLA call
     steps = Steps(strategy=strategy, model=model, loss_fn=loss_fn, optimizer=optimizer, variables=variables,
                   weight_decays=table.weight_decays(default=wd_default), lr_multipliers=lr_multipliers,
                   schedule=schedule, lr_factor=lr_factor, global_step=global_step,
@@ -336,7 +328,9 @@ def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, *,
                   accumulation_steps=o.accumulation_steps, class_weights=class_weights,
                   nonfinite=tr.nonfinite, loss_scaling=cfg.runtime.precision == "mixed_float16",
                   initial_loss_scale=cfg.runtime.initial_loss_scale, ema_decay=tr.ema_decay,
-                  jit_compile=jit, inject_nonfinite_at=inject_nonfinite_at, xla_group_steps=group)
+                  jit_compile=jit, inject_nonfinite_at=inject_nonfinite_at, xla_group_steps=group,
+                  loss_weights={h.key: h.weight for h in heads if h.key is not None},
+                  output_names=[h.key for h in heads if h.key is not None])
     logging.info("model %s: %s parameters; jit_compile=%s (%s)", t.model.name,
                  f"{model.count_params():,}", jit, reason)
     return Trainer(cfg=cfg, strategy=strategy, model=model, loss_fn=loss_fn, optimizer=optimizer,
@@ -344,7 +338,8 @@ def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, *,
                    lr_factor=lr_factor, schedule=schedule, total_steps=total_steps, num_train_examples=n_train,
                    num_classes=num_classes, train_source=train_source, eval_source=eval_source,
                    num_eval_examples=n_eval, batches_per_step=batches_per_step, jit_reason=reason,
-                   eval_indices=eval_indices, sample_weights=sample_weights, sampled_frequencies=sampled)
+                   eval_indices=eval_indices, sample_weights=sample_weights, sampled_frequencies=sampled,
+                   train_padding=train_padding, eval_padding=eval_padding, heads=heads)
 
 
 def _carve_eval(cfg: ExperimentConfig, source: tf.data.Dataset,
@@ -363,7 +358,7 @@ def _carve_eval(cfg: ExperimentConfig, source: tf.data.Dataset,
     if n < 0:
         raise ValueError(f"{key}: the training set is infinite; give task.eval_data instead; got {n} examples")
     labels = pipeline.labels_array(source)
-    stratify = _is_classification(t.loss.name)
+    stratify = _is_classification(t.loss)
     if t.validation_split is not None:
         train_idx, eval_idx = split_lib.validation_indices(labels, fraction=t.validation_split,
                                                            seed=cfg.trainer.seed, stratify=stratify)
@@ -403,6 +398,73 @@ def _sampling(cfg: ExperimentConfig, source: tf.data.Dataset, n: int) -> tuple[n
         logging.warning("task.train_data.sampling and task.class_weight are both set: the class balance is "
                         "corrected twice")
     return weights, sampled
+
+
+def _log_padding(train: pipeline.Padding | None, evals: pipeline.Padding | None) -> None:
+    """States how variable-length batches are padded, and so how many shapes get compiled."""
+    if train is not None:
+        if train.boundaries:
+            lengths = train.bucket_lengths
+            logging.info("task.train_data: variable-length elements in %d length buckets, padded to %s: at most "
+                         "%d compiled shapes", len(lengths), lengths, len(lengths))
+        elif train.max_length is not None:
+            logging.info("task.train_data: variable-length elements padded to the longest in the source (%d): "
+                         "one compiled shape", train.max_length)
+        else:
+            logging.warning("task.train_data: variable-length elements of an infinite source are padded per "
+                            "batch: under XLA every new length compiles once more (set bucket_boundaries)")
+    if evals is not None:
+        logging.info("task.eval_data: variable-length elements padded to the longest in the source (%s)",
+                     evals.max_length)
+
+
+def _check_labels(t: Any, heads: list, train_source: tf.data.Dataset, eval_source: tf.data.Dataset | None,
+                  n_train: int, *, known: dict | None = None) -> Any:
+    """Checks sparse labels per output; returns the class weights (one vector, or per output).
+
+    `known`: labels per split the pre-flight already read (reused for a one-output model).
+    """
+    multi = heads[0].key is not None
+    cw_spec = t.class_weight
+    if multi and cw_spec is not None and not (isinstance(cw_spec, dict) and
+                                               all(k in {h.key for h in heads} for k in cw_spec)):
+        raise ValueError(f"task.class_weight: expected {{output: null | 'balanced' | {{class: weight}}}} for the "
+                         f"outputs {[h.key for h in heads]}; got {cw_spec!r}")
+    labels_all = eval_all = None
+    if known and not multi:
+        labels_all, eval_all = known.get("train"), known.get("eval")
+    out = {}
+    for h in heads:
+        spec = cw_spec.get(h.key) if multi and cw_spec is not None else (None if multi else cw_spec)
+        sparse = "sparse" in h.loss_name
+        if not (sparse or spec is not None):
+            continue
+        if labels_all is None:
+            labels_all = pipeline.labels_array(train_source) if n_train > 0 else None
+        labels = np.zeros([0], np.int64) if labels_all is None else \
+            (labels_all if h.key is None else _label_part(labels_all, h, heads))
+        name = "task.train_data" if h.key is None else f"task.train_data (output {h.key!r})"
+        if sparse:
+            pipeline.check_sparse_labels(labels, num_classes=h.units, name=name)
+            if eval_source is not None:
+                if eval_all is None:
+                    eval_all = pipeline.labels_array(eval_source)
+                pipeline.check_sparse_labels(eval_all if h.key is None else _label_part(eval_all, h, heads),
+                                             num_classes=h.units, name=name.replace("train_data", "eval_data"))
+        if spec is not None:
+            ncls = h.units if h.units > 1 else 2
+            out[h.key] = class_weight_vector(spec, labels, ncls)
+            logging.info("class weights %s(%s): %s", h.prefix, spec if isinstance(spec, str) else "given",
+                         ", ".join(f"{i}: {w:.4g}" for i, w in enumerate(out[h.key])))
+    if not multi:
+        return out.get(None)
+    return out or None
+
+
+def _label_part(labels: Any, head: Any, heads: list) -> np.ndarray:
+    if isinstance(labels, dict):
+        return labels[head.key]
+    return labels[[h.key for h in heads].index(head.key)]
 
 
 def _spec_text(spec: Any) -> str:
@@ -447,8 +509,10 @@ def check_inputs(model: keras.Model, x_spec: Any, *, name: str) -> None:
                 f"(dataset element spec {_spec_text(x_spec)})")
 
 
-def _is_classification(loss_name: str) -> bool:
-    return "crossentropy" in loss_name or "hinge" in loss_name
+def _is_classification(loss: Any) -> bool:
+    """Whether one loss section trains a classifier (a mapping over several outputs: False)."""
+    name = getattr(loss, "name", "") if not isinstance(loss, dict) else ""
+    return "crossentropy" in name or "hinge" in name
 
 
 def _has_conv(model: keras.Model) -> bool:

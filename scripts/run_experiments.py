@@ -375,6 +375,33 @@ def check_images(name: str) -> Callable[[str], Check]:
 # ------------------------------------------------------------------------------------- specs
 
 
+def check_docstring_family(rd: str) -> Check:
+    m = read_metrics(os.path.join(rd, "docstring_family"))
+    return Check(f"eval accuracy {_f(m['accuracy'])} (step {m['step']})", m["accuracy"] >= 0.65)
+
+
+def check_byte_lm(rd: str) -> Check:
+    import math
+
+    m = read_metrics(os.path.join(rd, "byte_lm"))
+    bpb = m["loss"] / math.log(2.0)
+    return Check(f"held-out {bpb:.3f} bits per byte (token accuracy {_f(m['accuracy'])}, step {m['step']})",
+                 bpb <= 4.0)
+
+
+def check_docstring_tags(rd: str) -> Check:
+    plain = read_metrics(os.path.join(rd, "docstring_tags_unweighted"))
+    weighted = read_metrics(os.path.join(rd, "docstring_tags"))
+    ok = weighted["recall"] > plain["recall"] and weighted["f1"] > plain["f1"] and \
+        min(plain["auc"], weighted["auc"]) >= 0.60
+    rows = [[name, _f(m["recall"]), _f(m["precision"]), _f(m["f1"]), _f(m["f1_micro"]), _f(m["auc"])]
+            for name, m in (("unweighted", plain), ("pos_weight", weighted))]
+    return Check(f"macro recall {_f(plain['recall'])} -> {_f(weighted['recall'])}, macro F1 {_f(plain['f1'])} -> "
+                 f"{_f(weighted['f1'])} with pos_weight; macro AUC "
+                 f"{_f(plain['auc'])} / {_f(weighted['auc'])}", ok,
+                 _md_table(["loss", "macro recall", "macro precision", "macro F1", "micro F1", "macro AUC"], rows))
+
+
 def _run(name: str, rd: str, *flags: str, exp: str | None = None) -> Run:
     d = os.path.join(rd, name)
     return Run(d, [f"--experiment={exp or name}", f"--model_dir={d}", *flags])
@@ -424,6 +451,15 @@ SPECS = [
     Spec("image_folder_tfrecord", "eval accuracy >= 0.9",
          lambda rd: [_run("image_folder_tfrecord", rd, _data_dirs(rd, "digit_tfrecords"))],
          check_images("image_folder_tfrecord")),
+    Spec("docstring_family", "eval accuracy >= 0.65 (4 packages; the largest is 0.47 of eval)",
+         lambda rd: [_run("docstring_family", rd)], check_docstring_family),
+    Spec("byte_lm", "held-out bits per byte <= 4.0, below a unigram byte model (4.7)",
+         lambda rd: [_run("byte_lm", rd)], check_byte_lm),
+    Spec("docstring_tags", "pos_weight raises macro recall and macro F1 over the unweighted run; macro AUC >= 0.60 both (chance 0.5)",
+         lambda rd: [_run("docstring_tags", rd),
+                     _run("docstring_tags_unweighted", rd, "--params_override=task.loss.pos_weight=null",
+                          exp="docstring_tags")],
+         check_docstring_tags),
 ]
 
 

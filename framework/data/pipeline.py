@@ -15,9 +15,18 @@ batch, no NaN) and the padding never counts in the loss or the metrics.
 
 Under a strategy each replica takes its slice of the same global batch, so N replicas see
 exactly the examples one device would.
+
+Variable-length elements (unknown dimensions) are padded (`Padding`): features with
+`pad_value`, labels with `label_pad_value`, and the weight of a variable-length label becomes
+one weight per position (0 at padding), which is the mask of token-level losses and metrics.
+Without buckets every batch is padded to the longest element of the source (one static shape);
+with `bucket_boundaries` each batch is drawn from one length bucket and padded to its boundary
+(at most len(boundaries) + 1 shapes). Both keep the exact resume position and the replica
+partition of fixed shapes.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable
 
@@ -43,10 +52,37 @@ def with_weights(ds: tf.data.Dataset) -> tf.data.Dataset:
     # The framework's own dataset functions have no Python control flow on tensors: AutoGraph
     # conversion would only add start-up time (~20-40 ms per function). User functions convert.
     if len(spec) == 3:
-        return ds.map(_no_autograph(lambda x, y, w: (x, y, tf.cast(w, tf.float32))),
-                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.map(_no_autograph(lambda x, y: (x, y, tf.constant(1.0, tf.float32))),
-                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(_no_autograph(lambda x, y, w: (x, y, tf.cast(w, tf.float32))),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        ds = ds.map(_no_autograph(lambda x, y: (x, y, tf.constant(1.0, tf.float32))),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return _position_weights(ds)
+
+
+def _variable(spec: Any) -> bool:
+    return any(s.shape.rank is not None and not s.shape.is_fully_defined() for s in tf.nest.flatten(spec))
+
+
+def _position_weights(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """A variable-length label gets one weight per position along its first axis (padding: 0).
+
+    The weight then has the structure of the label (a dict for dict labels); labels of fixed
+    shape keep the example's scalar weight.
+    """
+    y_spec = ds.element_spec[1]
+    if not _variable(y_spec) or tf.nest.flatten(ds.element_spec[2])[0].shape.rank:
+        return ds
+
+    @_no_autograph
+    def expand(x, y, w):
+        def one(t: tf.Tensor, s: tf.TensorSpec) -> tf.Tensor:
+            if s.shape.rank and not s.shape.is_fully_defined():
+                return w * tf.ones(tf.shape(t)[:1], tf.float32)
+            return w
+        return x, y, tf.nest.map_structure(one, y, y_spec)
+
+    return ds.map(expand, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def count(ds: tf.data.Dataset, *, name: str) -> int:
@@ -66,17 +102,136 @@ def count(ds: tf.data.Dataset, *, name: str) -> int:
 
 
 def _check_static(ds: tf.data.Dataset, name: str) -> None:
+    """Raises ValueError for elements that cannot be batched densely (ragged, sparse, unknown rank)."""
     for spec in tf.nest.flatten(ds.element_spec):
-        if not spec.shape.is_fully_defined():
+        if not isinstance(spec, tf.TensorSpec) or spec.shape.rank is None:
             raise ValueError(
-                f"{name}: every element must have a fully defined static shape (resize or pad in "
-                f"the dataset factory) so batches keep one shape; got element spec {ds.element_spec}")
+                f"{name}: expected dense tensors of known rank (unknown dimensions are padded; convert a "
+                f"ragged or sparse tensor to a dense one in the dataset factory, e.g. with .to_tensor()); "
+                f"got element spec {ds.element_spec}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Padding:
+    """How the variable-length elements of one source are batched.
+
+    Attributes:
+      values: (x, y, w) structure of padding scalars (features: pad_value, labels:
+        label_pad_value, weights: 0).
+      shapes: (x, y, w) structure of padded per-example shapes: an unknown dimension becomes its
+        maximum over the source (None when the source is infinite: padded per batch).
+      boundaries: length-bucket boundaries (empty: no bucketing).
+      max_length: the longest element (the largest unknown dimension), None if infinite.
+    """
+
+    values: Any
+    shapes: Any
+    boundaries: tuple = ()
+    max_length: int | None = None
+
+    @property
+    def bucket_lengths(self) -> list[int]:
+        """The padded length of each bucket: its boundary, and the source maximum for the last."""
+        return [*self.boundaries, -1 if self.max_length is None else max(self.max_length, self.boundaries[-1])]
+
+
+def make_padding(source: tf.data.Dataset, *, pad_value: float = 0, label_pad_value: float = 0,
+                 boundaries: Any = (), num_examples: int | None = None,
+                 name: str = "task.train_data") -> Padding | None:
+    """The padding of `source`'s variable-length elements (one pass over a finite source); None
+    if every element has one static shape.
+
+    Raises:
+      ValueError: bucket boundaries that are not increasing positive integers, or given for a
+        source whose elements all have static shapes.
+    """
+    _check_static(source, name)
+    spec = source.element_spec
+    boundaries = tuple(boundaries or ())
+    if boundaries and (any(not isinstance(b, int) or isinstance(b, bool) or b <= 0 for b in boundaries)
+                       or list(boundaries) != sorted(set(boundaries))):
+        raise ValueError(f"{name}.bucket_boundaries: expected increasing integers > 0; got {list(boundaries)}")
+    if not _variable(spec):
+        if boundaries:
+            raise ValueError(f"{name}.bucket_boundaries: expected elements with a variable-length dimension "
+                             f"(every shape here is static); got element spec {spec}")
+        return None
+
+    def value(s: tf.TensorSpec, v: float) -> tf.Tensor:
+        return tf.constant("", tf.string) if s.dtype == tf.string else tf.cast(v, s.dtype)
+
+    x, y, w = spec
+    values = (tf.nest.map_structure(lambda s: value(s, pad_value), x),
+              tf.nest.map_structure(lambda s: value(s, label_pad_value), y),
+              tf.nest.map_structure(lambda s: value(s, 0), w))
+    n = count(source, name=name) if num_examples is None else num_examples
+    maxima = _max_dims(source) if n > 0 else None
+    flat = tf.nest.flatten(spec)
+    shapes, longest = [], 0
+    for i, s in enumerate(flat):
+        dims = list(s.shape)
+        if maxima is not None:
+            dims = [int(maxima[i][j]) if d is None else d for j, d in enumerate(dims)]
+            longest = max([longest] + [int(maxima[i][j]) for j, d in enumerate(s.shape) if d is None])
+        shapes.append(tf.TensorShape(dims))
+    return Padding(values=values, shapes=tf.nest.pack_sequence_as(spec, shapes), boundaries=boundaries,
+                   max_length=longest if maxima is not None else None)
+
+
+def _max_dims(source: tf.data.Dataset) -> list[np.ndarray]:
+    """Per flattened component, the elementwise maximum of its shape over the source."""
+    spec = tf.nest.flatten(source.element_spec)
+    init = tuple(tf.zeros([s.shape.rank], tf.int64) for s in spec)
+
+    @_no_autograph
+    def step(acc, elem):
+        return tuple(tf.maximum(a, tf.shape(t, out_type=tf.int64)) for a, t in zip(acc, tf.nest.flatten(elem)))
+
+    return [a.numpy() for a in source.reduce(init, step)]
+
+
+def _length(elem: Any, spec: Any) -> tf.Tensor:
+    """An element's length: its largest unknown dimension (over features and labels)."""
+    dims = [tf.shape(t, out_type=tf.int64)[j] for t, s in zip(tf.nest.flatten(elem), tf.nest.flatten(spec))
+            for j, d in enumerate(s.shape) if d is None]
+    return tf.reduce_max(tf.stack(dims))
+
+
+def _bucket_shapes(spec: Any, length: tf.Tensor) -> Any:
+    """Padded shapes of one bucket: every unknown dimension becomes `length`."""
+    def one(s: tf.TensorSpec) -> Any:
+        if s.shape.is_fully_defined():
+            return s.shape
+        return tf.stack([length if d is None else tf.constant(d, tf.int64) for d in s.shape])
+    return tf.nest.map_structure(one, spec)
+
+
+def _bucket_of(length: tf.Tensor, boundaries: tuple) -> tf.Tensor:
+    """Bucket k holds lengths in (b[k-1], b[k]]; the last one lengths above b[-1]."""
+    return tf.reduce_sum(tf.cast(length > tf.constant(boundaries, tf.int64), tf.int64))
+
+
+def _bucketed(stream: tf.data.Dataset, padding: Padding, global_batch: int) -> tf.data.Dataset:
+    """Global batches each drawn from one length bucket of an example stream, in stream order."""
+    spec = stream.element_spec
+    lengths = tf.constant(padding.bucket_lengths, tf.int64)
+
+    @_no_autograph
+    def key(*elem: Any) -> tf.Tensor:
+        return _bucket_of(_length(elem, spec), padding.boundaries)
+
+    @_no_autograph
+    def reduce(k: tf.Tensor, window: tf.data.Dataset) -> tf.data.Dataset:
+        return window.padded_batch(global_batch, padded_shapes=_bucket_shapes(spec, lengths[k]),
+                                   padding_values=padding.values, drop_remainder=True)
+
+    return stream.group_by_window(key, reduce, window_size=global_batch)
 
 
 def train_stream(source: tf.data.Dataset, *, global_batch: int, seed: int, shuffle_buffer: int,
                  cache: bool, start_batch: int = 0, num_examples: int | None = None,
                  name: str = "task.train_data", augment: Callable | None = None,
-                 sample_weights: np.ndarray | None = None) -> tf.data.Dataset:
+                 sample_weights: np.ndarray | None = None, padding: Padding | None = None) -> tf.data.Dataset:
     """Infinite dataset of global batches, positioned at global batch `start_batch`.
 
     Args:
@@ -94,17 +249,30 @@ def train_stream(source: tf.data.Dataset, *, global_batch: int, seed: int, shuff
       sample_weights: optional per-example draw weights (`sampling_weights`): each epoch is then
         n draws with replacement in proportion to them instead of a permutation (needs an
         in-memory source: see `can_sample`).
+      padding: how variable-length elements are padded and bucketed (`make_padding`; made with
+        the defaults when None and the source has unknown dimensions). With buckets the stream
+        is rebuilt from its start and `start_batch` batches are skipped (bucketing reorders
+        examples, so a position in batches is not a position in examples).
     """
     _check_static(source, name)
     n = count(source, name=name) if num_examples is None else num_examples
-    if sample_weights is not None or (cache and augment is None and 0 < n and _nbytes(source, n) <= IN_MEMORY_BYTES
-                                      and tf.executing_eagerly()):
-        if sample_weights is not None and not can_sample(source, n):
+    if padding is None and _variable(source.element_spec):
+        padding = make_padding(source, num_examples=n, name=name)
+    if sample_weights is not None or (cache and augment is None and 0 < n
+                                      and _nbytes(source, n, padding) <= IN_MEMORY_BYTES and tf.executing_eagerly()):
+        if sample_weights is not None and not can_sample(source, n, padding):
             raise ValueError(f"{name}.sampling: needs a finite source of at most {IN_MEMORY_BYTES // 2**20} MiB "
-                             f"(it is drawn from in memory); got {n} examples of {_nbytes(source, max(n, 0)):,} bytes")
+                             f"(it is drawn from in memory); got {n} examples of "
+                             f"{_nbytes(source, max(n, 0), padding):,} bytes")
+        if sample_weights is not None and padding is not None and padding.boundaries:
+            raise ValueError(f"{name}.sampling: expected no bucket_boundaries with class-balanced sampling "
+                             f"(buckets reorder the drawn examples); got {list(padding.boundaries)}")
         return _indexed_stream(source, n=n, global_batch=global_batch, seed=seed,
                                shuffle=shuffle_buffer > 1, start_batch=start_batch, sample_weights=sample_weights,
-                               augment=augment if sample_weights is not None else None)
+                               augment=augment if sample_weights is not None else None, padding=padding)
+    bucketed = padding is not None and bool(padding.boundaries)
+    if bucketed:
+        start_batch, skip_batches = 0, start_batch
     if cache:
         source = source.cache()
     if n > 0:
@@ -126,35 +294,67 @@ def train_stream(source: tf.data.Dataset, *, global_batch: int, seed: int, shuff
             return ds
 
         stream = tf.data.Dataset.range(first_epoch, tf.int64.max).flat_map(epoch).skip(offset)
-        ds = stream.batch(global_batch, drop_remainder=True)
+        ds = _batch(stream, global_batch, padding)
     else:
         if shuffle_buffer > 1:
             source = source.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        ds = source.repeat().batch(global_batch, drop_remainder=True).skip(start_batch)
-    return ds
+        ds = _batch(source.repeat(), global_batch, padding).skip(start_batch)
+    return ds.skip(skip_batches) if bucketed else ds
 
 
-def can_sample(source: tf.data.Dataset, n: int) -> bool:
+def can_sample(source: tf.data.Dataset, n: int, padding: Padding | None = None) -> bool:
     """Whether `task.train_data.sampling` can draw from `source` (finite, held in memory)."""
-    return 0 < n and _nbytes(source, n) <= IN_MEMORY_BYTES
+    return 0 < n and _nbytes(source, n, padding) <= IN_MEMORY_BYTES
 
 
-def _nbytes(source: tf.data.Dataset, n: int) -> int:
-    return n * sum(int(np.prod(s.shape)) * s.dtype.size for s in tf.nest.flatten(source.element_spec))
+def _batch(stream: tf.data.Dataset, global_batch: int, padding: Padding | None) -> tf.data.Dataset:
+    if padding is None:
+        return stream.batch(global_batch, drop_remainder=True)
+    if padding.boundaries:
+        return _bucketed(stream, padding, global_batch)
+    return stream.padded_batch(global_batch, padded_shapes=padding.shapes, padding_values=padding.values,
+                               drop_remainder=True)
+
+
+def _nbytes(source: tf.data.Dataset, n: int, padding: Padding | None = None) -> int:
+    shapes = tf.nest.flatten(padding.shapes) if padding is not None else \
+        [s.shape for s in tf.nest.flatten(source.element_spec)]
+    if padding is not None and padding.boundaries:
+        shapes = [[padding.bucket_lengths[-1] if d is None else d for d in _in_memory_shape(s, padding)]
+                  for s in tf.nest.flatten(source.element_spec)]
+    if any(d is None or d < 0 for s in shapes for d in s):
+        return 2**62  # unknown maximum (an infinite source): never held in memory
+    return n * sum(int(np.prod(s)) * t.dtype.size for s, t in zip(shapes, tf.nest.flatten(source.element_spec)))
+
+
+def _in_memory_shape(s: tf.TensorSpec, padding: Padding) -> list:
+    """Shape a bucketed source is held at: unknown dimensions at the last bucket's length."""
+    return [padding.bucket_lengths[-1] if d is None else d for d in s.shape]
 
 
 def _indexed_stream(source: tf.data.Dataset, *, n: int, global_batch: int, seed: int, shuffle: bool,
                     start_batch: int, sample_weights: np.ndarray | None = None,
-                    augment: Callable | None = None) -> tf.data.Dataset:
+                    augment: Callable | None = None, padding: Padding | None = None) -> tf.data.Dataset:
     """`train_stream` for a cached in-memory source: the same stream contract, batched by index.
 
     Epoch e is the permutation of the n rows drawn with the stateless seed (`seed`, e) (the
     whole source, whatever the shuffle buffer: it only bounds the memory of streamed sources),
     or with `sample_weights` the n weighted draws of `draw_epoch(seed, e)`. `augment` (only
     with sampling) runs per example after the gather, seeded like `train_stream`'s.
+    Variable-length rows are held padded to the source maximum (to the last bucket's length
+    with buckets; a batch is then cut to its bucket's length).
     """
-    arrays = tuple(tf.nest.flatten(next(iter(source.batch(n)))))  # one read of the source
     structure = source.element_spec
+    if padding is None:
+        arrays = tuple(tf.nest.flatten(next(iter(source.batch(n)))))  # one read of the source
+    else:
+        shapes = padding.shapes if not padding.boundaries else tf.nest.map_structure(
+            lambda s: tf.TensorShape(_in_memory_shape(s, padding)), structure)
+        arrays = tuple(tf.nest.flatten(next(iter(source.padded_batch(
+            n, padded_shapes=shapes, padding_values=padding.values)))))
+        if padding.boundaries:
+            return _indexed_buckets(source, arrays, structure, n=n, global_batch=global_batch, seed=seed,
+                                    shuffle=shuffle, start_batch=start_batch, padding=padding)
     first_epoch, offset = divmod(start_batch * global_batch, n)
     cdf = None if sample_weights is None else sampling_cdf(sample_weights)
 
@@ -240,9 +440,52 @@ def draw_epoch(cdf: tf.Tensor, *, seed: int, epoch: Any) -> tf.Tensor:
     return tf.minimum(ids, n - 1)
 
 
+def _indexed_buckets(source: tf.data.Dataset, arrays: tuple, structure: Any, *, n: int, global_batch: int, seed: int, shuffle: bool,
+                     start_batch: int, padding: Padding) -> tf.data.Dataset:
+    """Bucketed batches by index: row ids are grouped by bucket (the same grouping as
+    `_bucketed` over the example stream), then gathered and cut to the bucket's length."""
+    flat_spec = tf.nest.flatten(structure)
+    lengths = tf.constant(padding.bucket_lengths, tf.int64)
+    row_length = next(iter(source.map(_no_autograph(lambda *e: _length(e, structure))).batch(n))).numpy()
+    bucket = tf.constant(np.sum(row_length[:, None] > np.asarray(padding.boundaries)[None, :], axis=1), tf.int64)
+
+    @_no_autograph
+    def order(e: tf.Tensor) -> tf.Tensor:
+        ids = tf.range(n, dtype=tf.int64)
+        if shuffle:
+            ids = tf.random.experimental.stateless_shuffle(ids, seed=tf.stack([tf.constant(seed, tf.int64), e]))
+        return ids
+
+    @_no_autograph
+    def reduce(k: tf.Tensor, window: tf.data.Dataset) -> tf.data.Dataset:
+        return window.batch(global_batch, drop_remainder=True).map(lambda ids: (k, ids))
+
+    @_no_autograph
+    def gather(k: tf.Tensor, ids: tf.Tensor) -> Any:
+        size = lengths[k]
+        ids = tf.ensure_shape(ids, [global_batch])  # a static batch dimension (replica slices)
+        out = []
+        for a, s in zip(arrays, flat_spec):
+            t = tf.gather(a, ids)
+            if not s.shape.is_fully_defined():
+                cut = [-1] + [size if d is None else -1 for d in s.shape]
+                t = tf.slice(t, tf.zeros([len(cut)], tf.int64), tf.stack([tf.cast(c, tf.int64) for c in cut]))
+                t = tf.ensure_shape(t, [global_batch, *s.shape])
+            out.append(t)
+        return tf.nest.pack_sequence_as(structure, out)
+
+    ids = tf.data.Dataset.range(0, tf.int64.max).map(order).unbatch()
+    ids = ids.group_by_window(lambda i: tf.gather(bucket, i), reduce, window_size=global_batch)
+    return ids.skip(start_batch).map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
 def eval_batches(source: tf.data.Dataset, *, global_batch: int, cache: bool,
-                 num_examples: int | None = None, name: str = "task.eval_data") -> tuple[tf.data.Dataset, int]:
+                 num_examples: int | None = None, name: str = "task.eval_data",
+                 padding: Padding | None = None) -> tuple[tf.data.Dataset, int]:
     """Finite dataset of global batches covering `source` once, padded with weight-0 examples.
+
+    Variable-length elements are padded to the source maximum (`padding`; made with the
+    defaults when None): one static shape, one trace.
 
     Returns:
       (dataset, number of batches).
@@ -251,13 +494,23 @@ def eval_batches(source: tf.data.Dataset, *, global_batch: int, cache: bool,
     n = count(source, name=name) if num_examples is None else num_examples
     if n < 0:
         raise ValueError(f"{name}: the eval dataset is infinite; set trainer.eval_steps or make it finite")
+    if padding is None and _variable(source.element_spec):
+        padding = make_padding(source, num_examples=n, name=name)
     if cache:
         source = source.cache()
     pad = (-n) % global_batch
-    if pad:
+    if pad and padding is not None:
+        # Weight-0 copies of the first example, not empty sequences: a masked model's output on
+        # a sequence with no real position can be NaN (a masked average over nothing).
+        rows = source.take(1).map(_no_autograph(lambda x, y, w: (x, y, tf.nest.map_structure(tf.zeros_like, w))))
+        source = source.concatenate(rows.repeat(pad))
+    elif pad:
         zero = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), source.element_spec)
-        padding = tf.data.Dataset.from_tensors(zero).repeat(pad)
-        source = source.concatenate(padding)
+        rows = tf.data.Dataset.from_tensors(zero).repeat(pad)
+        source = source.concatenate(rows)
+    if padding is not None:
+        return source.padded_batch(global_batch, padded_shapes=padding.shapes, padding_values=padding.values,
+                                   drop_remainder=True), math.ceil(n / global_batch)
     return source.batch(global_batch, drop_remainder=True), math.ceil(n / global_batch)
 
 
@@ -311,11 +564,26 @@ def subset(source: tf.data.Dataset, indices: np.ndarray, *, num_examples: int) -
     return ds.apply(tf.data.experimental.assert_cardinality(int(mask.sum())))
 
 
-def labels_array(source: tf.data.Dataset, *, limit: int = 2_000_000) -> np.ndarray:
-    """All labels of a finite (x, y, w) dataset as a NumPy array (for checks and class weights)."""
-    ys = source.map(_no_autograph(lambda x, y, w: y)).take(limit).batch(65536)
-    parts = [b.numpy() for b in ys]
-    return np.concatenate(parts) if parts else np.zeros([0])
+def labels_array(source: tf.data.Dataset, *, limit: int = 2_000_000) -> Any:
+    """All labels of a finite (x, y, w) dataset as a NumPy array (for checks and class weights).
+
+    Dict (or tuple) labels give a dict (tuple) of arrays; a variable-length label gives the
+    flat array of its real positions (no padding).
+    """
+    spec = source.element_spec[1]
+    ys = source.map(_no_autograph(lambda x, y, w: y)).take(limit)
+
+    def one(s: tf.TensorSpec, leaf: tf.data.Dataset) -> np.ndarray:
+        if not s.shape.is_fully_defined():
+            leaf = leaf.map(_no_autograph(lambda t: tf.reshape(t, [-1]))).unbatch()
+        parts = [b.numpy() for b in leaf.batch(65536)]
+        return np.concatenate(parts) if parts else np.zeros([0])
+
+    if not isinstance(spec, (dict, tuple, list)):
+        return one(spec, ys)
+    leaves = tf.nest.flatten(spec)
+    arrays = [one(s, ys.map(_no_autograph(lambda *y, i=i: tf.nest.flatten(y)[i]))) for i, s in enumerate(leaves)]
+    return tf.nest.pack_sequence_as(spec, arrays)
 
 
 def check_sparse_labels(labels: np.ndarray, *, num_classes: int, name: str) -> None:

@@ -185,7 +185,15 @@ def test_count():
         pipeline.eval_batches(_source(3).repeat(), global_batch=2, cache=False)
 
 
-def test_unknown_shapes_are_rejected():
-    ragged = tf.data.Dataset.range(1, 4).map(lambda i: (tf.zeros([i]), i, 1.0))
-    with pytest.raises(ValueError, match="task.train_data: every element must have a fully defined static shape"):
+def test_ragged_and_unknown_rank_elements_are_rejected():
+    # Unknown dimensions are padded (tests/data/test_padding.py); ragged tensors and unknown
+    # ranks cannot be batched densely and are named before anything is built.
+    ragged = tf.data.Dataset.range(1, 4).map(lambda i: (tf.RaggedTensor.from_row_lengths(tf.zeros([i]), [i]), i, 1.0))
+    with pytest.raises(ValueError, match="task.train_data: expected dense tensors of known rank.*ragged"):
         pipeline.train_stream(ragged, global_batch=2, seed=0, shuffle_buffer=0, cache=False)
+    unknown_rank = tf.data.Dataset.from_generator(lambda: iter([(np.zeros(2, np.float32), 1, 1.0)]),
+                                                  output_signature=(tf.TensorSpec(None, tf.float32),
+                                                                    tf.TensorSpec([], tf.int32),
+                                                                    tf.TensorSpec([], tf.float32)))
+    with pytest.raises(ValueError, match="task.eval_data: expected dense tensors of known rank"):
+        pipeline.eval_batches(unknown_rank, global_batch=2, cache=False, num_examples=1)
