@@ -143,7 +143,7 @@ class Controller:
     def _hook_state(self) -> dict:
         out = {}
         for i, h in enumerate(self.hooks):
-            state = h.state()
+            state = hooks_base.as_hook(h).state()
             if state is not None:
                 out[str(i)] = state
         return out
@@ -151,10 +151,12 @@ class Controller:
     def _load_hook_state(self, data: dict) -> None:
         for i, h in enumerate(self.hooks):
             if str(i) in data:
-                h.load_state(data[str(i)])
+                hooks_base.as_hook(h).load_state(data[str(i)])
 
     def _dispatch(self, event: str) -> None:
-        for h in hooks_base.ordered(self.hooks, event):  # the ordering rule lives in hooks.base
+        # `as_hook` again: a caller may have appended a plain callable to `hooks` since.
+        hooks = [hooks_base.as_hook(h) for h in self.hooks]
+        for h in hooks_base.ordered(hooks, event):  # the ordering rule lives in hooks.base
             h.dispatch(event, self.ctx)
 
     # ----------------------------------------------------------------- phases

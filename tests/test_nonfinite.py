@@ -67,7 +67,9 @@ def _poisoned(key, n, batch, value):
 
 
 def _run_poisoned(tmp_path, *, key, policy, jit, steps, clip=None, phases=None, groups=None, model=None, **trainer_kw):
-    cfg = C.make_config(task={"model": model or {}, "train_data": {"key": key, "shuffle_buffer": 0},
+    # allow_nonfinite: the data pre-flight would otherwise refuse the poisoned batch up front.
+    cfg = C.make_config(task={"model": model or {},
+                              "train_data": {"key": key, "shuffle_buffer": 0, "allow_nonfinite": True},
                               "eval_data": {"name": ""}},
                         trainer={"train_steps": steps, "steps_per_loop": 2, "checkpoint_interval": 4,
                                  "max_to_keep": 20, "nonfinite": policy, "jit_compile": jit,
