@@ -170,8 +170,9 @@ def docstring_family(split: str, max_len: int = 256) -> tf.data.Dataset:
 
 
 @registry.register_dataset("docstring_bytes")
-def docstring_bytes(split: str, chunk: int = 128, packages: tuple = ("asyncio", "email", "json", "logging",
-                                                                      "unittest", "concurrent", "http")) -> tf.data.Dataset:
+def docstring_bytes(split: str, chunk: int = 128,
+                    packages: tuple = ("asyncio", "email", "json", "logging", "unittest", "concurrent", "http"),
+                    ) -> tf.data.Dataset:
     """(bytes[:-1], bytes[1:]) of docstring chunks of up to `chunk` + 1 bytes: next-byte prediction."""
     held = split != "train"
     items = []

@@ -19,6 +19,7 @@ import tensorflow as tf
 from absl import logging
 
 from framework import checkpoint as ckpt_lib
+from framework import layers as layers_lib
 from framework import metrics as metrics_lib
 from framework import summaries as summ
 from framework.hooks import RunContext
@@ -185,7 +186,7 @@ class Controller:
         read at trace time, and a change of the frozen set retraces anyway (one per phase).
         """
         index = {id(v): i for i, v in enumerate(self.t.groups.variables)}
-        for layer in self.t.model._flatten_layers(include_self=False):
+        for layer in layers_lib.walk(self.t.model, include_self=False):
             if "BatchNormalization" not in type(layer).__name__:
                 continue
             weights = (getattr(layer, "gamma", None), getattr(layer, "beta", None))
@@ -274,7 +275,8 @@ class Controller:
             self.summaries.scalars("train", step, {**values, **rates})
             elapsed = time.monotonic() - start_time
             eta = elapsed / max(step - start_step, 1) * (total - step)
-            shown = {k: v for k, v in values.items() if "/" not in k and k not in ("grad_norm_clipped", "clipped_fraction")}
+            shown = {k: v for k, v in values.items()
+                     if "/" not in k and k not in ("grad_norm_clipped", "clipped_fraction")}
             summ.log(summ.log_line("train", step=step, total=total, values=shown,
                                    examples_per_sec=rates["examples_per_sec"], eta_s=eta), live=True)
             self.ctx.train_logs = values

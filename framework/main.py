@@ -153,7 +153,6 @@ def run(cfg: Any, *, model_dir: str, mode: str, hparams: dict | None = None,
 def _run_built(cfg: Any, strategy: Any, *, model_dir: str, mode: str, hparams: dict | None,
                extra_hooks: Sequence[Any] = ()) -> dict[str, Any]:
     from framework import controller as controller_lib
-    from framework import registry
     from framework import trainer as trainer_lib
 
     try:

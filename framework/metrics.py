@@ -356,7 +356,7 @@ def r2(*, num_classes: int | None = None, from_logits: bool = True) -> keras.met
     """
     m = keras.metrics.R2Score(name="r2")
     if num_classes:
-        m._build((None, int(num_classes)), (None, int(num_classes)))  # pylint: disable=protected-access
+        m._build((None, int(num_classes)), (None, int(num_classes)))  # noqa: SLF001 - no public way to build it
     return m
 
 

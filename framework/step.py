@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import keras
 import tensorflow as tf
 
+from framework import layers as layers_lib
 from framework.config import ClipConfig
 from framework.optim import clipping
 
@@ -121,7 +122,7 @@ def _replica_seeds(model: keras.Model):
         yield
         return
     replica = ctx.replica_id_in_sync_group
-    gens = {id(sg): sg for layer in model._flatten_layers(include_self=True)
+    gens = {id(sg): sg for layer in layers_lib.walk(model)
             for sg in getattr(layer, "_seed_generators", [])}.values()
     for sg in gens:
         def folded(ordered: bool = True, draw=sg.next) -> tf.Tensor:
@@ -377,7 +378,7 @@ class Steps:
                 else:
                     token_sums[key], token_counts[key] = total, count
             if self.model.losses:
-                loss += tf.nn.scale_regularization_loss(tf.add_n([tf.cast(l, tf.float32) for l in self.model.losses]))
+                loss += tf.nn.scale_regularization_loss(tf.add_n([tf.cast(r, tf.float32) for r in self.model.losses]))
             static = len(token_sums) < len(self.outputs) or bool(self.model.losses)
             scale = self.loss_scale if self.loss_scaling else 1.0
             lws = {k: lw for k, _, lw in self.outputs}

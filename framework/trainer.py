@@ -16,11 +16,11 @@ import tensorflow as tf
 from absl import logging
 
 from framework import distribute as dist
+from framework import layers as layers_lib
 from framework import outputs as outputs_lib
 from framework import registry
 from framework.config import ExperimentConfig
-from framework.data import pipeline
-from framework.data import preflight
+from framework.data import pipeline, preflight
 from framework.optim import groups as groups_lib
 from framework.optim import optimizers as optimizers_lib
 from framework.optim import schedules as schedules_lib
@@ -131,7 +131,8 @@ class Trainer:
         mult = self.lr_multipliers.numpy()
         out = {}
         for name, i in self.groups.lr_curves().items():
-            out[name] = base * float(mult[i]) if i is not None else base * self.groups.groups[self.groups.index(name)].lr_multiplier
+            group = self.groups.groups[self.groups.index(name)] if i is None else None
+            out[name] = base * float(mult[i]) if group is None else base * group.lr_multiplier
         return out
 
 
@@ -516,4 +517,4 @@ def _is_classification(loss: Any) -> bool:
 
 
 def _has_conv(model: keras.Model) -> bool:
-    return any("conv" in type(layer).__name__.lower() for layer in model._flatten_layers())
+    return any("conv" in type(layer).__name__.lower() for layer in layers_lib.walk(model))

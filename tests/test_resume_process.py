@@ -1,6 +1,5 @@
 """Resume in a new process: bit-identical to an uninterrupted run (groups, Adam, dropout); lr_find."""
 import csv
-import json
 import os
 import subprocess
 import sys

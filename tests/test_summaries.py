@@ -132,6 +132,7 @@ def test_per_class_report_and_confusion_image(tmp_path):
     ctl = controller_lib.Controller(trainer=t, model_dir=str(tmp_path))
     ctl.train(evaluate=True)
     import json
+
     import sklearn.metrics
     rep = json.loads((tmp_path / "eval_per_class.json").read_text())
     pred = np.argmax(t.model(x, training=False).numpy(), 1)

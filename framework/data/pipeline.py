@@ -440,7 +440,8 @@ def draw_epoch(cdf: tf.Tensor, *, seed: int, epoch: Any) -> tf.Tensor:
     return tf.minimum(ids, n - 1)
 
 
-def _indexed_buckets(source: tf.data.Dataset, arrays: tuple, structure: Any, *, n: int, global_batch: int, seed: int, shuffle: bool,
+def _indexed_buckets(source: tf.data.Dataset, arrays: tuple, structure: Any, *, n: int, global_batch: int,
+                     seed: int, shuffle: bool,
                      start_batch: int, padding: Padding) -> tf.data.Dataset:
     """Bucketed batches by index: row ids are grouped by bucket (the same grouping as
     `_bucketed` over the example stream), then gathered and cut to the bucket's length."""
@@ -559,8 +560,8 @@ def subset(source: tf.data.Dataset, indices: np.ndarray, *, num_examples: int) -
     mask = np.zeros(num_examples, bool)
     mask[np.asarray(indices, np.int64)] = True
     keep = tf.constant(mask)
-    ds = source.enumerate().filter(_no_autograph(lambda i, elem: tf.gather(keep, i)))
-    ds = ds.map(_no_autograph(lambda i, elem: elem), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = source.enumerate().filter(_no_autograph(lambda i, _elem: tf.gather(keep, i)))
+    ds = ds.map(_no_autograph(lambda _i, elem: elem), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.apply(tf.data.experimental.assert_cardinality(int(mask.sum())))
 
 
@@ -571,7 +572,7 @@ def labels_array(source: tf.data.Dataset, *, limit: int = 2_000_000) -> Any:
     flat array of its real positions (no padding).
     """
     spec = source.element_spec[1]
-    ys = source.map(_no_autograph(lambda x, y, w: y)).take(limit)
+    ys = source.map(_no_autograph(lambda _x, y, _w: y)).take(limit)
 
     def one(s: tf.TensorSpec, leaf: tf.data.Dataset) -> np.ndarray:
         if not s.shape.is_fully_defined():

@@ -110,7 +110,8 @@ def run(sources: Mapping[str, Source], *, batches: int, loss_name: str,
         elif w:
             warnings.append(w["message"])
     if train is not None and "eval" in arrays:
-        n = inspect.overlap_count(inspect.content_hashes(train.features), inspect.content_hashes(arrays["eval"].features))
+        n = inspect.overlap_count(inspect.content_hashes(train.features),
+                                  inspect.content_hashes(arrays["eval"].features))
         if n:
             part = "" if whole["train"] and whole["eval"] else " (in the batches checked)"
             warnings.append(f"{sources['eval'].key}: {n} of {arrays['eval'].num_examples} eval examples also occur "

@@ -17,6 +17,7 @@ from typing import Any
 import keras
 from absl import logging
 
+from framework import layers as layers_lib
 from framework import registry
 from framework.hooks.base import Hook
 from framework.hooks.context import RunContext
@@ -52,7 +53,7 @@ def check_exportable(model: Any, *, key: str = "trainer.export") -> None:
     Each layer class (the model's own included) must be Keras's own or registered
     serializable, and no `Lambda` layer (arbitrary code, refused by safe mode) may be used.
     """
-    for layer in model._flatten_layers(include_self=True):  # Keras's own walk over every layer
+    for layer in layers_lib.walk(model):
         cls = type(layer)
         if isinstance(layer, keras.layers.Lambda):
             raise ExportError(f"{key}: layer {layer.name!r} is a Lambda layer, which "

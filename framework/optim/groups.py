@@ -96,7 +96,7 @@ class GroupTable:
     def weight_decays(self, *, default: float | None) -> np.ndarray:
         """Per-variable decoupled weight-decay rates (0 where excluded)."""
         out = []
-        for v, g, exempt in zip(self.variables, self.group_of, self.decay_exempt):
+        for g, exempt in zip(self.group_of, self.decay_exempt):
             wd = self.groups[g].weight_decay
             wd = default if wd is None else wd
             out.append(0.0 if (exempt or not wd) else float(wd))

@@ -122,7 +122,7 @@ def test_buckets_bound_shapes_keep_resume_position(batching, bounds):
     shapes = {b[0].shape for b in full}
     assert len(shapes) <= len(bounds) + 1 and len(shapes) > 1
     edges = [0, *bounds, 20]
-    for x, y, w in full:
+    for x, _y, w in full:
         k = pad.bucket_lengths.index(x.shape[1])
         lengths = w.sum(1)
         assert np.all(lengths > edges[k]) and np.all(lengths <= edges[k + 1])  # one bucket per batch
