@@ -23,7 +23,8 @@ imbalanced_cancer_protocol: the same data under an honest protocol. The eval set
     trainer.seed=1, 2, 3), for a lower precision (0.92-1.0 -> 0.86-0.94); both together over-correct
     (the lowest precision, 0.75-0.85, and F1). Sampling draws ~50% malignant examples per epoch
     (logged, and `sampling/class_1` in TensorBoard). With 7 malignant validation examples,
-    validation AUC peaks (1.0 or 0.995) by step 50-300, so early stopping ends every run early (step 250-500) and restores those weights: a small
+    validation AUC peaks (1.0 or 0.995) by step 50-300, so early stopping ends every run early
+    (step 250-500) and restores those weights: a small
     imbalanced validation set is a coarse guide, which is why the test set is kept apart.
     Cross-validation of the same training source (folds stratified, 58-59 held out each):
     python -m framework.main --experiment=imbalanced_cancer_protocol --model_dir=runs/protocol_cv \
