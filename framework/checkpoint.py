@@ -53,6 +53,7 @@ class Checkpointer:
 
     @property
     def latest(self) -> str | None:
+        """The newest complete checkpoint's path prefix (None before the first save)."""
         return self.manager.latest_checkpoint
 
     def save(self, step: int) -> str:

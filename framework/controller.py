@@ -205,6 +205,7 @@ class Controller:
     # ----------------------------------------------------------------- run
 
     def restore(self) -> int:
+        """Restores the newest checkpoint, or loads `task.init_checkpoint` into a fresh run; returns the step."""
         path = self.checkpointer.restore_or_init()
         step = int(self.t.global_step.numpy())
         if path:
@@ -352,6 +353,7 @@ class Controller:
                             n, first, last)
 
     def save(self, step: int) -> str:
+        """Writes the checkpoint of `step` (refused for non-finite state); returns its path prefix."""
         path = self.checkpointer.save(step)
         logging.info("saved %s", path)
         return path

@@ -138,6 +138,7 @@ def aggregate(fold_metrics: list[dict[str, float]]) -> dict[str, Any]:
 
 
 def write_markdown(report: dict[str, Any], path: str) -> None:
+    """Writes `cv.md`: one row per fold, then the mean and standard deviation of every metric."""
     names = list(report["mean"])
     lines = ["| fold | held-out examples | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 2)]
     for i, (f, n) in enumerate(zip(report["folds"], report.get("held_out", [""] * len(report["folds"])))):

@@ -16,12 +16,14 @@ from framework import registry
 
 @registry.register_loss("sparse_categorical_crossentropy")
 def sparse_categorical_crossentropy(from_logits: bool = True, ignore_class: int | None = None) -> Any:
+    """Cross-entropy of integer class labels, per example (logits by default)."""
     return keras.losses.SparseCategoricalCrossentropy(
         from_logits=from_logits, ignore_class=ignore_class, reduction=None)
 
 
 @registry.register_loss("categorical_crossentropy")
 def categorical_crossentropy(from_logits: bool = True, label_smoothing: float = 0.0) -> Any:
+    """Cross-entropy of one-hot (or soft) labels, per example (logits by default)."""
     return keras.losses.CategoricalCrossentropy(
         from_logits=from_logits, label_smoothing=label_smoothing, reduction=None)
 
@@ -39,16 +41,19 @@ def binary_crossentropy(from_logits: bool = True, label_smoothing: float = 0.0, 
 
 @registry.register_loss("mse")
 def mse() -> Any:
+    """Squared error per example."""
     return keras.losses.MeanSquaredError(reduction=None)
 
 
 @registry.register_loss("mae")
 def mae() -> Any:
+    """Absolute error per example."""
     return keras.losses.MeanAbsoluteError(reduction=None)
 
 
 @registry.register_loss("huber")
 def huber(delta: float = 1.0) -> Any:
+    """Huber loss per example (quadratic below `delta`, linear above)."""
     return keras.losses.Huber(delta=delta, reduction=None)
 
 
@@ -70,6 +75,7 @@ class WeightedBinaryCrossentropy(keras.losses.Loss):
         self.from_logits = from_logits
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
+        """Per-label binary cross-entropy with the positive terms scaled by `pos_weight`."""
         y_pred = tf.cast(y_pred, tf.float32)
         y = tf.cast(y_true, tf.float32)
         pw = tf.constant(self.pos_weight, tf.float32)
@@ -82,6 +88,7 @@ class WeightedBinaryCrossentropy(keras.losses.Loss):
         return tf.reduce_mean(per, axis=-1)
 
     def get_config(self) -> dict:
+        """The constructor arguments, so that a saved model reloads with `safe_mode=True`."""
         return {"name": self.name, "pos_weight": self.pos_weight, "from_logits": self.from_logits}
 
 

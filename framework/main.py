@@ -267,6 +267,7 @@ def build_hooks(hook_cfgs: Sequence[Any]) -> list[Any]:
 
 
 def main(argv: Sequence[str]) -> int:
+    """The absl main: resolves the config and runs the mode; returns the exit status (2 for a user's mistake)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected positional arguments: {argv[1:]}")
     try:

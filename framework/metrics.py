@@ -131,6 +131,7 @@ class ConfusionMatrix(keras.metrics.Metric):
         self.seen.assign_add(tf.reduce_sum(t1 * counted, 0) + tf.reduce_sum(p1 * counted, 0))
 
     def result(self) -> tf.Tensor:
+        """The [true, predicted] count matrix (sample-weighted)."""
         return tf.convert_to_tensor(self.matrix)
 
 
@@ -182,6 +183,7 @@ class PRF(ConfusionMatrix):
         self.average = average
 
     def result(self) -> tf.Tensor:
+        """Precision, recall or F1 with the configured averaging, as scikit-learn computes it."""
         return _prf(tf.convert_to_tensor(self.matrix), tf.convert_to_tensor(self.seen), self.kind, self.average)
 
 
@@ -465,6 +467,7 @@ class MultilabelCounts(keras.metrics.Metric):
         self.samples.assign_add(tf.stack([tf.reduce_sum(v * w) for v in (precision, recall, f1, tf.ones_like(w))]))
 
     def result(self) -> tf.Tensor:
+        """Per-label [true positives, false positives, false negatives, support] (sample-weighted)."""
         return tf.convert_to_tensor(self.counts)
 
 
@@ -492,6 +495,7 @@ class MultilabelPRF(MultilabelCounts):
         self.kind, self.average = kind, average
 
     def result(self) -> tf.Tensor:
+        """Precision, recall or F1 over labels with the configured averaging (scikit-learn's multilabel definitions)."""
         if self.average == "samples":
             i = ("precision", "recall", "f1").index(self.kind)
             return tf.math.divide_no_nan(self.samples[i], self.samples[3])

@@ -39,10 +39,12 @@ class Head:
 
     @property
     def classification(self) -> bool:
+        """Whether this output's loss trains a classifier."""
         return "crossentropy" in self.loss_name or "hinge" in self.loss_name
 
     @property
     def prefix(self) -> str:
+        """`<output>/` for a model with several outputs, else empty: the prefix of its logged names."""
         return "" if self.key is None else f"{self.key}/"
 
 

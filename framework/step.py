@@ -268,11 +268,13 @@ class Steps:
         return out
 
     def reset_train_metrics(self) -> None:
+        """Resets the loss, gradient statistics and training metrics (before each inner loop)."""
         for m in [self.loss_mean, *self.stat_means.values(), *self.train_metrics.values(),
                   *self.output_loss_means.values()]:
             m.reset_state()
 
     def reset_eval_metrics(self) -> None:
+        """Resets the eval loss and metrics (before each evaluation)."""
         for m in [self.eval_loss_mean, *self.eval_metrics.values(), *self.eval_output_loss_means.values()]:
             m.reset_state()
 

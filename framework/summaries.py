@@ -58,6 +58,7 @@ class Summaries:
         self._writers: dict[str, Any] = {}
 
     def writer(self, run: str) -> Any:
+        """The TensorBoard writer of one sub-directory (`train`, `eval`, `test`), made on first use."""
         if run not in self._writers:
             self._writers[run] = tf.summary.create_file_writer(os.path.join(self.model_dir, run))
         return self._writers[run]
@@ -71,6 +72,7 @@ class Summaries:
         w.flush()
 
     def text(self, run: str, tag: str, text: str, step: int = 0) -> None:
+        """Writes `text` as a TensorBoard text summary `tag` of `split` at `step`."""
         w = self.writer(run)
         with w.as_default(step=step):
             # Markdown code block keeps YAML indentation in TensorBoard's text plugin.
@@ -93,6 +95,7 @@ class Summaries:
         w.flush()
 
     def close(self) -> None:
+        """Flushes and closes every writer."""
         for w in self._writers.values():
             w.close()
         self._writers.clear()
@@ -152,6 +155,7 @@ def confusion_image(cm: Any) -> bytes:
 
 
 def per_class_table(rows: list[dict]) -> str:
+    """The per-class report as a Markdown table (class, precision, recall, F1, support)."""
     lines = ["| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
     lines += [f"| {r['class']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']:g} |"
               for r in rows]

@@ -52,6 +52,7 @@ def parse(text: str) -> list[tuple[str, list[Any]]]:
 
 
 def combinations(spec: list[tuple[str, list[Any]]]) -> list[dict[str, Any]]:
+    """Every combination of the parsed sweep values, in order, as {key: value} dicts."""
     keys = [k for k, _ in spec]
     return [dict(zip(keys, combo)) for combo in itertools.product(*[v for _, v in spec])]
 
@@ -96,6 +97,7 @@ def run(*, text: str, model_dir: str, run_one: Callable[[str, str], dict[str, An
 
 
 def write_report(rows: Sequence[dict[str, Any]], keys: Sequence[str], model_dir: str) -> None:
+    """Writes `sweep.csv`, `sweep.md` and `sweep.png` for the finished sub-runs."""
     cols = ["run", *keys, "step"] + sorted({k for r in rows for k in r if k.startswith("eval_")})
     with atomic.replacing(os.path.join(model_dir, "sweep.csv")) as tmp, \
             open(tmp, "w", newline="", encoding="utf-8") as f:

@@ -69,6 +69,7 @@ class Param:
     choices: list | None = None
 
     def suggest(self, trial: Any) -> Any:
+        """The trial's value for this parameter, drawn by Optuna's `trial.suggest_*`."""
         if self.type == "categorical":
             return trial.suggest_categorical(self.key, self.choices)
         if self.type == "int":
@@ -93,6 +94,7 @@ class Param:
                 for i in range(n)]
 
     def spec_text(self) -> str:
+        """The search range or choices as a short text (for the log and tune.md)."""
         return json.dumps({k: v for k, v in dataclasses.asdict(self).items() if v is not None and k != "key"})
 
 
@@ -450,6 +452,7 @@ def counts(study: Any) -> dict[str, int]:
 
 
 def finished(study: Any) -> int:
+    """How many trials of the study are finished (complete or pruned)."""
     c = counts(study)
     return sum(c.get(s, 0) for s in FINISHED)
 

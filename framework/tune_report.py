@@ -29,6 +29,7 @@ def rows(study: Any, plan: Plan) -> list[dict[str, Any]]:
 
 
 def best_trial(study: Any) -> Any | None:
+    """The best complete trial of the study (None before one completes)."""
     import optuna
 
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))

@@ -47,6 +47,7 @@ class SplitArrays:
 
     @property
     def num_examples(self) -> int:
+        """The number of examples read from the split."""
         return len(self.w)
 
 

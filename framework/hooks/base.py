@@ -70,12 +70,15 @@ class FunctionHook(Hook):
         self.restores_weights = bool(getattr(fn, "restores_weights", False))
 
     def dispatch(self, event: Event | str, ctx: Any) -> None:
+        """Calls the wrapped function with the event's name."""
         self.fn(Event(event).value, ctx)
 
     def state(self) -> dict | None:
+        """The wrapped function's `state()`, if it has one."""
         return self.fn.state() if hasattr(self.fn, "state") else None
 
     def load_state(self, state: dict) -> None:
+        """Passes `state` to the wrapped function's `load_state`, if it has one."""
         if hasattr(self.fn, "load_state"):
             self.fn.load_state(state)
 

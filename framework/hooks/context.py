@@ -24,18 +24,22 @@ class RunContext:
 
     @property
     def step(self) -> int:
+        """The global step (optimizer steps taken)."""
         return int(self._c.t.global_step.numpy())
 
     @property
     def total_steps(self) -> int:
+        """The step the run trains to."""
         return self._c.t.total_steps
 
     @property
     def model(self) -> Any:
+        """The Keras model being trained."""
         return self._c.t.model
 
     @property
     def model_dir(self) -> str:
+        """The run's `--model_dir`."""
         return self._c.model_dir
 
     @property
@@ -45,6 +49,7 @@ class RunContext:
 
     @property
     def lr_factor(self) -> float:
+        """The factor every group's learning rate is multiplied by (ReduceLROnPlateau's)."""
         return float(self._c.t.lr_factor.numpy())
 
     def set_lr_factor(self, value: float) -> None:

@@ -59,12 +59,14 @@ class GroupTable:
     layer_decay: float | None = None
 
     def index(self, name: str) -> int:
+        """The position of the group called `name` in `groups`."""
         for i, g in enumerate(self.groups):
             if g.name == name:
                 return i
         raise ValueError(f"unknown parameter group {name!r}; groups: {', '.join(g.name for g in self.groups)}")
 
     def names(self) -> list[str]:
+        """The group names, in config order (`default` last)."""
         return [g.name for g in self.groups]
 
     def multipliers(self, *, group_multipliers: Sequence[float], layer_decay: float | None) -> np.ndarray:
@@ -135,6 +137,7 @@ class GroupTable:
         return "\n".join(lines)
 
     def write(self, path: str) -> None:
+        """Writes the table (per group and per variable: depth, multiplier) to `path` as JSON, atomically."""
         tmp = f"{path}.tmp-{os.getpid()}"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(self.table(), f, indent=1)

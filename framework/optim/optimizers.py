@@ -88,6 +88,7 @@ class Nadam(keras.optimizers.Nadam):
     """
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        """Keras's Nadam update, with the momentum-schedule product computed from `iterations`."""
         var_dtype = variable.dtype
         lr = ops.cast(learning_rate, var_dtype)
         gradient = ops.cast(gradient, var_dtype)
