@@ -581,6 +581,7 @@ def _check_layer_decay_blocks(spec: Any) -> None:
 
 
 def _check_class_weight(cw: Any, key: str) -> None:
+    """`key`: null, 'balanced' or {class id: weight >= 0} (class weights and sampling weights)."""
     if isinstance(cw, str) and cw != "balanced":
         raise ConfigError(f"{key}: expected null, 'balanced' or {{class: weight}}; got {cw!r}")
     if isinstance(cw, dict):
@@ -697,17 +698,8 @@ def _validate_data_protocol(t: TaskConfig, tr: TrainerConfig) -> None:
                               f"and no task.validation_split; got eval_data {t.eval_data.name!r}, "
                               f"validation_split {vs!r}")
     sp = t.train_data.sampling
-    if isinstance(sp, str) and sp != "balanced":
-        raise ConfigError(f"task.train_data.sampling: expected null, 'balanced' or {{class: weight}}; got {sp!r}")
+    _check_class_weight(sp, "task.train_data.sampling")  # the same form as a class-weight mapping
     if isinstance(sp, dict):
-        for k, v in sp.items():
-            try:
-                int(k)
-                ok = float(v) >= 0 and math.isfinite(float(v))
-            except (TypeError, ValueError):
-                ok = False
-            if not ok:
-                raise ConfigError(f"task.train_data.sampling: expected int class -> weight >= 0; got {k!r}: {v!r}")
         if not any(float(v) > 0 for v in sp.values()):
             raise ConfigError(f"task.train_data.sampling: expected at least one weight > 0; got {sp!r}")
     for key, d in (("task.eval_data", t.eval_data), ("task.test_data", t.test_data)):
