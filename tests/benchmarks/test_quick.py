@@ -53,16 +53,6 @@ def test_overhead_quick(tmp_path):
         assert {"examples_per_sec", "b_jit"} <= set(r)
 
 
-def test_overhead_quick_transformer(tmp_path):
-    """The Transformer text workload (padded byte sequences) runs every variant in quick mode."""
-    _run("benchmarks.overhead", str(tmp_path), "--models=transformer")
-    data = _files(str(tmp_path), "overhead_quick")
-    (r,) = data["results"]
-    assert r["model"] == "transformer"
-    assert {"b_tapeline", "c_tapeline", "d_fit", "e_fit_tuned", "f_eager"} <= set(r["steps_per_sec"])
-    assert all(v > 0 for v in r["steps_per_sec"].values())
-
-
 def test_scaling_quick(tmp_path):
     _run("benchmarks.scaling", str(tmp_path))
     data = _files(str(tmp_path), "scaling_quick")
