@@ -243,6 +243,7 @@ def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, *,
     if t.test_data.name:  # name and kwargs checked now; the factory itself runs only at the end
         registry.check_kwargs(registry.DATASETS.get(t.test_data.name), t.test_data.kwargs,
                               section="task.test_data", reserved=("split",))
+        _check_same_holdout(t)
     train_source = _dataset(t.train_data, "train", "task.train_data")
     n_train = pipeline.count(train_source, name="task.train_data")
     eval_source, n_eval = None, 0
@@ -508,6 +509,18 @@ def check_inputs(model: keras.Model, x_spec: Any, *, name: str) -> None:
                 f"{name}: features do not match model {model.name!r} input {input_name!r}: expected per-example "
                 f"shape {list(want)} dtype {want_dtype.name}; got shape {list(got)} dtype {s.dtype.name} "
                 f"(dataset element spec {_spec_text(x_spec)})")
+
+
+def _check_same_holdout(t: Any) -> None:
+    """A test split carved from the same source (`holdout_fraction`, e.g. of a bundled set) must be
+    carved the same way for train and eval, or they would hold test examples."""
+    hold = t.test_data.kwargs.get("holdout_fraction")
+    if not hold:
+        return
+    for key, d in (("task.train_data", t.train_data), ("task.eval_data", t.eval_data)):
+        if d.name == t.test_data.name and d.kwargs.get("holdout_fraction") != hold:
+            raise ValueError(f"{key}.holdout_fraction: expected {hold!r}, as task.test_data's (else this split "
+                             f"holds test examples); got {d.kwargs.get('holdout_fraction')!r}")
 
 
 def _is_classification(loss: Any) -> bool:

@@ -205,3 +205,23 @@ def test_a_test_set_that_fails_at_the_end_is_evaluated_on_the_rerun(tmp_path):
     # A further rerun reads nothing: the test set was evaluated once.
     main_lib.run(cfg(True), model_dir=str(tmp_path), mode="train_and_eval")
     assert CALLS["test"] == 1
+
+
+def test_bundled_test_split_end_to_end_and_a_mismatched_holdout_is_refused(tmp_path):
+    hold = {"holdout_fraction": 0.2, "flatten": True}
+    cfg = config_lib.resolve({
+        "task": {"model": {"name": "test_linear", "units": 10, "inputs": 64},
+                 "train_data": {"name": "digits", "batch_size": 64, **hold},
+                 "eval_data": {"name": "digits", "batch_size": 64, **hold},
+                 "test_data": {"name": "digits", "batch_size": 64, **hold}, "metrics": ["accuracy"]},
+        "trainer": {"train_steps": 4, "steps_per_loop": 2, "eval_interval": 4, "checkpoint_interval": 4,
+                    "export": False},
+        "optimizer": {"name": "adam", "learning_rate": 0.01}})
+    t = trainer_lib.build(cfg, tf.distribute.get_strategy())
+    ctl = controller_lib.Controller(trainer=t, model_dir=str(tmp_path))
+    ctl.train(evaluate=True)
+    m = json.loads((tmp_path / "test_metrics.json").read_text())
+    assert m["step"] == 4 and 0.0 <= m["accuracy"] <= 1.0
+    cfg.task.train_data.kwargs["holdout_fraction"] = 0.0
+    with pytest.raises(ValueError, match=r"task.train_data.holdout_fraction: expected 0.2.*got 0.0"):
+        trainer_lib.build(cfg, tf.distribute.get_strategy())

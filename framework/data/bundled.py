@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from framework import registry
 
-SPLITS = ("train", "eval")
+SPLITS = ("train", "eval", "test")  # "test" only with holdout_fraction > 0
 
 # Documentation and lookups: classes (None for regression), per-example feature shape (default
 # kwargs) and the number of examples over both splits.
@@ -35,15 +35,17 @@ INFO: dict[str, dict[str, Any]] = {
 }
 
 
-def check_split(split: Any, name: str) -> None:
-    """Raises ValueError unless `split` is "train" or "eval".
+def check_split(split: Any, name: str, splits: Sequence[str] = SPLITS) -> None:
+    """Raises ValueError unless `split` is one of `splits`.
 
     Args:
       split: the value received.
       name: the dataset's registered name, for the message.
+      splits: the splits the dataset serves.
     """
-    if not isinstance(split, str) or split not in SPLITS:
-        raise ValueError(f"dataset {name!r}: split must be 'train' or 'eval'; got split={split!r}")
+    if not isinstance(split, str) or split not in splits:
+        raise ValueError(f"dataset {name!r}: split must be {' or '.join(repr(s) for s in splits)}; "
+                         f"got split={split!r}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -89,7 +91,7 @@ def split_indices(y: np.ndarray, *, test_fraction: float, seed: int,
 
 
 def load_arrays(name: str, split: str, *, test_fraction: float = 0.25, seed: int = 0,
-                standardize_target: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                standardize_target: bool = False, holdout_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(features, labels) of one split of a bundled set as NumPy arrays (features not reshaped).
 
     Args:
@@ -97,7 +99,10 @@ def load_arrays(name: str, split: str, *, test_fraction: float = 0.25, seed: int
       split: "train" or "eval".
       test_fraction: the part of the set that forms the eval split.
       seed: seed of the split.
+      holdout_fraction: the part of the set held out first as the "test" split (0: no test split).
       standardize_target: (regression only) standardize the target with train statistics.
+      holdout_fraction: the part of the whole set held out first as the "test" split (stratified,
+        by `seed`); train and eval are then divided from the rest. 0: no test split.
 
     Returns:
       (x float32 [n, d], y int32 [n] for classification or float32 [n] for regression).
@@ -110,8 +115,17 @@ def load_arrays(name: str, split: str, *, test_fraction: float = 0.25, seed: int
     check_split(split, name)
     x, y = _load(name)
     classification = INFO[name]["num_classes"] is not None
-    tr, ev = split_indices(y, test_fraction=test_fraction, seed=seed, stratify=classification)
-    idx = tr if split == "train" else ev
+    test = None
+    if holdout_fraction:
+        rest, test = split_indices(y, test_fraction=holdout_fraction, seed=seed, stratify=classification)
+        tr, ev = (rest[i] for i in split_indices(y[rest], test_fraction=test_fraction, seed=seed,
+                                                  stratify=classification))
+    elif split == "test":
+        raise ValueError(f"dataset {name!r}: split 'test' needs holdout_fraction > 0 (the part of the set held "
+                         f"out as the test set, e.g. 0.2); got holdout_fraction={holdout_fraction!r}")
+    else:
+        tr, ev = split_indices(y, test_fraction=test_fraction, seed=seed, stratify=classification)
+    idx = {"train": tr, "eval": ev, "test": test}[split]
     if name == "digits":
         xs = (x[idx] / 16.0).astype(np.float32)  # pixel intensities are 0..16
     else:
@@ -128,7 +142,7 @@ def load_arrays(name: str, split: str, *, test_fraction: float = 0.25, seed: int
 
 
 @registry.register_dataset("digits")
-def digits(split: str, test_fraction: float = 0.25, seed: int = 0, flatten: bool = False,
+def digits(split: str, test_fraction: float = 0.25, seed: int = 0, holdout_fraction: float = 0.0, flatten: bool = False,
            classes: Sequence[int] | None = None, max_examples: int | None = None) -> tf.data.Dataset:
     """scikit-learn's 1,797 8x8 handwritten digits: images float32 in [0, 1], labels int32 0-9.
 
@@ -136,6 +150,7 @@ def digits(split: str, test_fraction: float = 0.25, seed: int = 0, flatten: bool
       split: "train" or "eval" (a stratified `test_fraction` of the set, fixed by `seed`).
       test_fraction: the part of the set that forms the eval split (450 images by default).
       seed: seed of the split.
+      holdout_fraction: the part of the set held out first as the "test" split (0: no test split).
       flatten: features of shape (64,) instead of (8, 8, 1).
       classes: keep only these digits, relabelled 0..len-1 in the given order (transfer demos).
       max_examples: keep the first N examples of the split (small-label regimes).
@@ -146,7 +161,8 @@ def digits(split: str, test_fraction: float = 0.25, seed: int = 0, flatten: bool
     Raises:
       ValueError: a bad `split`, `test_fraction`, `seed`, `classes` or `max_examples`.
     """
-    x, y = load_arrays("digits", split, test_fraction=test_fraction, seed=seed)
+    x, y = load_arrays("digits", split, test_fraction=test_fraction, seed=seed,
+        holdout_fraction=holdout_fraction)
     if classes is not None:
         cs = list(classes) if not isinstance(classes, (str, bytes)) else None
         if not cs or any(isinstance(c, bool) or not isinstance(c, numbers.Integral) or not 0 <= c <= 9 for c in cs) \
@@ -165,53 +181,60 @@ def digits(split: str, test_fraction: float = 0.25, seed: int = 0, flatten: bool
 
 
 @registry.register_dataset("breast_cancer")
-def breast_cancer(split: str, test_fraction: float = 0.25, seed: int = 0) -> tf.data.Dataset:
+def breast_cancer(split: str, test_fraction: float = 0.25, seed: int = 0,
+                  holdout_fraction: float = 0.0) -> tf.data.Dataset:
     """scikit-learn's breast cancer set: 30 standardized float32 features, label int32 (0 malignant, 1 benign).
 
     Args:
       split: "train" or "eval" (a stratified `test_fraction` of the 569 examples, fixed by `seed`).
       test_fraction: the part of the set that forms the eval split.
       seed: seed of the split.
+      holdout_fraction: the part of the set held out first as the "test" split (0: no test split).
 
     Returns:
       Unbatched dataset of (features float32 (30,), label int32).
     """
     return tf.data.Dataset.from_tensor_slices(
-        load_arrays("breast_cancer", split, test_fraction=test_fraction, seed=seed))
+        load_arrays("breast_cancer", split, test_fraction=test_fraction, seed=seed,
+        holdout_fraction=holdout_fraction))
 
 
 @registry.register_dataset("iris")
-def iris(split: str, test_fraction: float = 0.25, seed: int = 0) -> tf.data.Dataset:
+def iris(split: str, test_fraction: float = 0.25, seed: int = 0, holdout_fraction: float = 0.0) -> tf.data.Dataset:
     """scikit-learn's iris set: 4 standardized float32 features, label int32 in 0..2 (150 examples).
 
     Args:
       split: "train" or "eval" (a stratified `test_fraction` of the set, fixed by `seed`).
       test_fraction: the part of the set that forms the eval split.
       seed: seed of the split.
+      holdout_fraction: the part of the set held out first as the "test" split (0: no test split).
 
     Returns:
       Unbatched dataset of (features float32 (4,), label int32).
     """
-    return tf.data.Dataset.from_tensor_slices(load_arrays("iris", split, test_fraction=test_fraction, seed=seed))
+    return tf.data.Dataset.from_tensor_slices(load_arrays("iris", split, test_fraction=test_fraction, seed=seed,
+        holdout_fraction=holdout_fraction))
 
 
 @registry.register_dataset("wine")
-def wine(split: str, test_fraction: float = 0.25, seed: int = 0) -> tf.data.Dataset:
+def wine(split: str, test_fraction: float = 0.25, seed: int = 0, holdout_fraction: float = 0.0) -> tf.data.Dataset:
     """scikit-learn's wine set: 13 standardized float32 features, label int32 in 0..2 (178 examples).
 
     Args:
       split: "train" or "eval" (a stratified `test_fraction` of the set, fixed by `seed`).
       test_fraction: the part of the set that forms the eval split.
       seed: seed of the split.
+      holdout_fraction: the part of the set held out first as the "test" split (0: no test split).
 
     Returns:
       Unbatched dataset of (features float32 (13,), label int32).
     """
-    return tf.data.Dataset.from_tensor_slices(load_arrays("wine", split, test_fraction=test_fraction, seed=seed))
+    return tf.data.Dataset.from_tensor_slices(load_arrays("wine", split, test_fraction=test_fraction, seed=seed,
+        holdout_fraction=holdout_fraction))
 
 
 @registry.register_dataset("diabetes")
-def diabetes(split: str, test_fraction: float = 0.25, seed: int = 0,
+def diabetes(split: str, test_fraction: float = 0.25, seed: int = 0, holdout_fraction: float = 0.0,
              standardize_target: bool = False) -> tf.data.Dataset:
     """scikit-learn's diabetes regression set: 10 standardized float32 features, float32 target (442 examples).
 
@@ -219,6 +242,7 @@ def diabetes(split: str, test_fraction: float = 0.25, seed: int = 0,
       split: "train" or "eval" (a random `test_fraction` of the set, fixed by `seed`).
       test_fraction: the part of the set that forms the eval split.
       seed: seed of the split.
+      holdout_fraction: the part of the set held out first as the "test" split (0: no test split).
       standardize_target: standardize the target with the train split's mean and deviation
         (the raw target is a disease-progression score of about 25..346).
 
@@ -226,6 +250,7 @@ def diabetes(split: str, test_fraction: float = 0.25, seed: int = 0,
       Unbatched dataset of (features float32 (10,), target float32 (1,)).
     """
     x, y = load_arrays("diabetes", split, test_fraction=test_fraction, seed=seed,
+        holdout_fraction=holdout_fraction,
                        standardize_target=standardize_target)
     return tf.data.Dataset.from_tensor_slices((x, y.reshape(-1, 1)))
 
@@ -324,7 +349,7 @@ def arrays(split: str, x: Any = None, y: Any = None, sample_weight: Any = None, 
     Raises:
       ValueError: bad `split`, missing arrays, or arrays of different lengths.
     """
-    check_split(split, "arrays")
+    check_split(split, "arrays", ("train", "eval"))
     if split == "eval" and (eval_x is not None or eval_y is not None):
         if eval_x is None or eval_y is None:
             raise ValueError(f"arrays: eval_x and eval_y go together; got eval_x={type(eval_x).__name__}, "

@@ -60,8 +60,8 @@ def test_digits_split_is_disjoint_complete_stratified_and_fixed():
 
 
 def test_split_and_kwarg_errors_name_the_value():
-    with pytest.raises(ValueError, match=r"'digits'.*split must be 'train' or 'eval'; got split='test'"):
-        bundled.digits("test")
+    with pytest.raises(ValueError, match=r"'digits'.*split must be 'train' or 'eval' or 'test'; got split='valid'"):
+        bundled.digits("valid")
     with pytest.raises(ValueError, match=r"'iris'.*got split='validation'"):
         bundled.iris("validation")
     with pytest.raises(ValueError, match=r"test_fraction: .*between 0 and 1; got 1.5"):
@@ -148,3 +148,18 @@ def test_unknown_kwarg_is_rejected_by_the_registry():
     with pytest.raises(ValueError, match=r"unknown key\(s\) flaten .*accepts: .*flatten"):
         registry.build(registry.DATASETS, "digits", {"flaten": True}, section="task.train_data",
                        extra={"split": "train"})
+
+
+def test_holdout_fraction_gives_a_disjoint_stratified_test_split():
+    x_tr, y_tr = bundled.load_arrays("digits", "train", holdout_fraction=0.2)
+    x_ev, y_ev = bundled.load_arrays("digits", "eval", holdout_fraction=0.2)
+    x_te, y_te = bundled.load_arrays("digits", "test", holdout_fraction=0.2)
+    assert len(y_tr) + len(y_ev) + len(y_te) == 1797 and abs(len(y_te) - 0.2 * 1797) <= 1
+    rows = [{r.tobytes() for r in a} for a in (x_tr, x_ev, x_te)]
+    assert not (rows[0] & rows[2]) and not (rows[1] & rows[2])  # digits has a few duplicate images
+    full = np.bincount(bundled._load("digits")[1], minlength=10) / 1797
+    assert np.abs(np.bincount(y_te, minlength=10) / len(y_te) - full).max() < 0.02
+    with pytest.raises(ValueError, match=r"split 'test' needs holdout_fraction > 0.*got holdout_fraction=0"):
+        bundled.load_arrays("digits", "test")
+    ds = registry.DATASETS.get("breast_cancer")("test", holdout_fraction=0.25)
+    assert sum(1 for _ in ds) == int(np.ceil(0.25 * 569))  # scikit-learn rounds the test part up
