@@ -74,7 +74,12 @@ def read_split(ds: tf.data.Dataset, *, limit: int | None = None, batch: int = 81
     """Reads an unbatched (x, y, w) dataset (at most `limit` examples) into `SplitArrays`."""
     if limit is not None:
         ds = ds.take(limit)
-    parts = list(ds.batch(batch).as_numpy_iterator())
+    if any(not s.shape.is_fully_defined() for s in tf.nest.flatten(ds.element_spec)):
+        # Variable-length elements: one batch padded (with zeros) to the longest, so that every
+        # row has one shape; the statistics then include the padding, the checks do not care.
+        parts = list(ds.padded_batch(limit or 2**31 - 1).as_numpy_iterator())
+    else:
+        parts = list(ds.batch(batch).as_numpy_iterator())
     if not parts:
         empty = tf.nest.map_structure(lambda s: np.zeros([0, *s.shape], s.dtype.as_numpy_dtype),
                                       ds.element_spec)
