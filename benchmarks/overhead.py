@@ -237,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=100, help="steps per timed call")
     p.add_argument("--models", default="mlp,cnn,transformer")
     p.add_argument("--out_dir", default=common.RESULTS)
+    p.add_argument("--name", default="overhead", help="result files <name>.{json,md,png} (quick: <name>_quick)")
     p.add_argument("--profile_steps", type=int, default=0,
                    help="only profile: N steps of (b) per model under the TensorBoard profiler into "
                         "<out_dir>/profile/<model> (view with tensorboard --logdir; needs tensorboard-plugin-profile)")
@@ -250,8 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     results = [measure(k, quick=a.quick, reps=reps, steps=steps) for k in a.models.split(",")]
     data = {"machine": common.machine(), "quick": a.quick, "results": results}
     tab = table(results)
-    paths = common.write("overhead_quick" if a.quick else "overhead", data, tab, out_dir=a.out_dir)
-    _chart(results, os.path.join(a.out_dir, "overhead_quick.png" if a.quick else "overhead.png"))
+    name = f"{a.name}_quick" if a.quick else a.name
+    paths = common.write(name, data, tab, out_dir=a.out_dir)
+    _chart(results, os.path.join(a.out_dir, f"{name}.png"))
     print(tab)
     print(f"wrote {paths['json']} and {paths['md']}")
     return 0
