@@ -46,7 +46,7 @@ VARIANTS = ("default", "group_1", "group_16", "group_32", "cond_update", "no_gra
 
 
 def _no_stats(grads: Any, *, groups: Any, clip: Any) -> tuple[list, dict]:  # noqa: ARG001 - clip_gradients's signature
-    return list(grads), {"grad_norm": tf.constant(0.0)}
+    return list(grads), {"grad_norm": tf.constant(0.0), "grad_norm_clipped": tf.constant(0.0)}
 
 
 def _step_in_raw_loop(t: Any, it: Any, active: tuple[int, ...]) -> Callable[[int], None]:
