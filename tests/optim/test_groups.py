@@ -161,7 +161,7 @@ def _transformer_trainer(tmp_path, **optimizer):
     C.set_arrays("tiny_bert", x, (x[:, 0] > 5).astype(np.int32))
     cfg = C.make_config(task={"model": {"name": "test_tiny_transformer"}, "train_data": {"key": "tiny_bert"},
                               "eval_data": {"name": ""}, "metrics": []},
-                        trainer={"train_steps": 2, "steps_per_loop": 2, "checkpoint_interval": 100},
+                        trainer={"train_steps": 2, "steps_per_loop": 2, "checkpoint_interval": 100, "export": False},
                         optimizer={"name": "adamw", "learning_rate": 1e-3, "layer_decay": 0.8, **optimizer})
     t = trainer_lib.build(cfg, tf.distribute.get_strategy())
     return t, controller_lib.Controller(trainer=t, model_dir=str(tmp_path))
