@@ -8,4 +8,4 @@ if [ "${1:-}" = "--slow" ]; then
   shift
   exec .venv/bin/python -m pytest -m slow -q --timeout=1800 "$@"
 fi
-exec .venv/bin/python -m pytest -m "not slow" -q --timeout=600 "$@"
+exec .venv/bin/python -m pytest -m "not slow" -q --timeout=600 --durations=25 "$@"

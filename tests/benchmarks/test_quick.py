@@ -35,10 +35,13 @@ def _files(out_dir: str, name: str) -> dict:
     return data
 
 
-def test_overhead_quick(tmp_path):
-    _run("benchmarks.overhead", str(tmp_path), "--models=mlp,cnn,transformer", timeout=420)
+# Every script in quick mode takes minutes of the 2 cores (processes, compiles): the MLP run
+# of `overhead` stays in the default suite, the rest run with `scripts/test.sh --slow`.
+@pytest.mark.parametrize("models", ["mlp", pytest.param("cnn,transformer", marks=pytest.mark.slow)])
+def test_overhead_quick(tmp_path, models):
+    _run("benchmarks.overhead", str(tmp_path), f"--models={models}", timeout=420)
     data = _files(str(tmp_path), "overhead_quick")
-    assert [r["model"] for r in data["results"]] == ["mlp", "cnn", "transformer"]
+    assert [r["model"] for r in data["results"]] == models.split(",")
     for r in data["results"]:
         want = {"a_raw_best", "a_raw_xla", "a_raw", "a_raw_xla_step", "b_tapeline", "c_tapeline", "d_fit",
                 "e_fit_best", "e_fit_spe", "e_fit_jit", "e_fit_spe_jit", "f_eager"}
@@ -53,6 +56,7 @@ def test_overhead_quick(tmp_path):
         assert {"examples_per_sec", "b_jit"} <= set(r)
 
 
+@pytest.mark.slow
 def test_scaling_quick(tmp_path):
     _run("benchmarks.scaling", str(tmp_path))
     data = _files(str(tmp_path), "scaling_quick")
@@ -74,6 +78,7 @@ def test_scaling_quick(tmp_path):
     assert e["t_allreduce_s"] == pytest.approx(ar["seconds"] * (2 * 7 / 8) / (2 * 1 / 2))
 
 
+@pytest.mark.slow
 def test_startup_quick(tmp_path):
     _run("benchmarks.startup", str(tmp_path))
     data = _files(str(tmp_path), "startup_quick")
@@ -111,6 +116,7 @@ def test_ablation_quick(tmp_path):
     assert all(v > 0 for v in data["steps_per_sec"].values())
 
 
+@pytest.mark.slow
 def test_end_to_end_quick(tmp_path):
     _run("benchmarks.end_to_end", str(tmp_path), "--models=mlp", timeout=420)
     data = _files(str(tmp_path), "end_to_end_quick")
