@@ -160,6 +160,15 @@ def test_lambda_layers_are_refused():
         export_lib.check_exportable(model)
 
 
+def _example_input(spec):
+    """Two examples for a model input: unknown lengths as 8, token ids for integer inputs."""
+    shape = (2, *[8 if d is None else d for d in spec.shape[1:]])
+    rng = np.random.default_rng(0)
+    if np.issubdtype(np.dtype(spec.dtype), np.integer):
+        return rng.integers(1, 3, size=shape).astype(spec.dtype)
+    return rng.normal(size=shape).astype(spec.dtype)
+
+
 def test_models_of_registered_experiments_export_and_load_safely(tmp_path):
     plugins.load_experiments()
     # The built-in experiments (the test suite registers throwaway ones of its own).
@@ -170,7 +179,7 @@ def test_models_of_registered_experiments_export_and_load_safely(tmp_path):
         cfg = main_lib.resolve_config(experiment=name, imports=[], config_files=[], overrides=[], runtime_flags={})
         model = registry.build(registry.MODELS, cfg.task.model.name, cfg.task.model.kwargs, section="task.model")
         export_lib.check_exportable(model)
-        x = [np.random.default_rng(0).normal(size=(2, *i.shape[1:])).astype(i.dtype) for i in model.inputs]
+        x = [_example_input(i) for i in model.inputs]
         path = str(tmp_path / f"{name}.keras")
         model.save(path)
         loaded = keras.saving.load_model(path, safe_mode=True)
