@@ -201,7 +201,7 @@ def test_replicas_draw_their_own_dropout_masks_deterministically():
 
     @tf.function
     def forward():  # the replica forward pass of the train step, training=True
-        return s.run(lambda: t.steps._forward_backward(x, y, w, active)[1])
+        return s.run(lambda: t.steps._forward_backward(x, y, w, active)["preds"][None])
 
     rng = next(v for v in t.model.variables if "seed_generator_state" in v.path)
     state = rng.numpy()
