@@ -107,6 +107,7 @@ def test_overhead_profile_writes_a_trace(tmp_path):
     assert traces and traces[0].stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_ablation_quick(tmp_path):
     _run("benchmarks.ablation", str(tmp_path))
     data = _files(str(tmp_path), "ablation_quick")
