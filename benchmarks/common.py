@@ -1,6 +1,7 @@
-"""Shared benchmark pieces: models, synthetic data, machine description, result files."""
+"""Shared benchmark pieces: models, synthetic data, machine description, result files and charts."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -9,13 +10,13 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from framework import registry
+from framework import atomic, registry
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -118,16 +119,47 @@ def timed(fn: Callable[[], Any]) -> float:
 
 
 def write(name: str, data: dict[str, Any], table: str, out_dir: str = RESULTS) -> dict[str, str]:
-    """Writes `<name>.json` and `<name>.md` (table + machine) under `out_dir`."""
+    """Writes `<name>.json` and `<name>.md` (table + machine) under `out_dir`, each atomically."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {"json": os.path.join(out_dir, f"{name}.json"), "md": os.path.join(out_dir, f"{name}.md")}
-    with open(paths["json"], "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
+    atomic.write_text(paths["json"], json.dumps(data, indent=1))
     m = data["machine"]
-    with open(paths["md"], "w", encoding="utf-8") as f:
-        f.write(f"Machine: {m['cpu']}, {m['cores']} cores; TensorFlow {m['tensorflow']}, Keras {m['keras']}; "
-                f"{m['date']}\n\n{table}\n")
+    atomic.write_text(paths["md"], f"Machine: {m['cpu']}, {m['cores']} cores; TensorFlow {m['tensorflow']}, "
+                                   f"Keras {m['keras']}; {m['date']}\n\n{table}\n")
     return paths
+
+
+def publish(name: str, data: dict[str, Any], table: str, *, out_dir: str,
+            chart: Callable[[str], None]) -> dict[str, str]:
+    """A script's results: `<name>.json`, `<name>.md` (see `write`) and `<name>.png` (drawn by
+    `chart(path)`) under `out_dir`; prints the table and what was written.
+
+    Returns:
+      The paths of the JSON and Markdown files (`{"json": ..., "md": ...}`).
+    """
+    paths = write(name, data, table, out_dir=out_dir)
+    chart(os.path.join(out_dir, f"{name}.png"))
+    print(table)
+    print(f"wrote {paths['json']} and {paths['md']}")
+    return paths
+
+
+@contextlib.contextmanager
+def chart(path: str, *args: Any, **subplots_kwargs: Any) -> Iterator[tuple[Any, Any]]:
+    """Yields `(fig, axes)` of `plt.subplots(*args, **subplots_kwargs)` on the Agg backend (no
+    display); when the block ends the figure is laid out, saved to `path` atomically and closed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(*args, **subplots_kwargs)
+    try:
+        yield fig, axes
+        fig.tight_layout()
+        atomic.save_figure(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def tapeline_config(kind: str, *, quick: bool, steps_per_loop: int = 100, jit: Any = "auto",
@@ -219,9 +251,9 @@ def run_child(module: str, args: list[str], *, timeout_s: float, env: dict[str, 
 
 
 def write_json(path: str, data: Any) -> None:
+    """Writes `data` as indented JSON to `path` atomically (a child's result: the parent reads it whole)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
+    atomic.write_text(path, json.dumps(data, indent=1))
 
 
 def quiet() -> None:

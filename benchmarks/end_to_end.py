@@ -104,22 +104,16 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def _chart(results: list[dict[str, Any]], path: str) -> None:
-    import matplotlib
+    from benchmarks import common
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
-    names = [r["model"] for r in results]
-    for i, (k, c) in enumerate((("raw", "#888"), ("cli", "#d62728"), ("fit", "#1f77b4"))):
-        ax.bar([j + 0.27 * (i - 1) for j in range(len(names))], [r["steps_per_sec"][k] for r in results], 0.27,
-               label={"raw": "raw limit", "cli": "tapeline CLI", "fit": "fit defaults"}[k], color=c)
-    ax.set_xticks(range(len(names)), names)
-    ax.set_ylabel("steps/s (steady state)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with common.chart(path, figsize=(6.5, 3.2)) as (_, ax):
+        names = [r["model"] for r in results]
+        for i, (k, c) in enumerate((("raw", "#888"), ("cli", "#d62728"), ("fit", "#1f77b4"))):
+            ax.bar([j + 0.27 * (i - 1) for j in range(len(names))], [r["steps_per_sec"][k] for r in results], 0.27,
+                   label={"raw": "raw limit", "cli": "tapeline CLI", "fit": "fit defaults"}[k], color=c)
+        ax.set_xticks(range(len(names)), names)
+        ax.set_ylabel("steps/s (steady state)")
+        ax.legend(fontsize=8)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,10 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     data = {"machine": common.machine(), "quick": a.quick, "results": results}
     tab = table(results)
     name = "end_to_end_quick" if a.quick else "end_to_end"
-    paths = common.write(name, data, tab, out_dir=out_dir)
-    _chart(results, os.path.join(out_dir, f"{name}.png"))
-    print(tab)
-    print(f"wrote {paths['json']} and {paths['md']}")
+    common.publish(name, data, tab, out_dir=out_dir, chart=lambda path: _chart(results, path))
     return 0
 
 

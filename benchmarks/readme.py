@@ -11,6 +11,8 @@ import os
 import re
 import sys
 
+from framework import atomic
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -37,8 +39,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: ARG001 - the scripts' m
         with open(path, encoding="utf-8") as f:
             text = f.read()
         out, found = splice(text, os.path.join(HERE, "results"))
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(out)
+        atomic.write_text(path, out)
         print(f"{os.path.relpath(path, os.path.dirname(HERE))}: refreshed {', '.join(found) or 'nothing'}")
     return 0
 

@@ -323,28 +323,22 @@ def table(rows: list[dict[str, Any]], *, logical_cpus: bool) -> str:
 
 
 def _chart(rows: list[dict[str, Any]], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    from benchmarks import common
+
     models = sorted({r["model"] for r in rows}, key=[r["model"] for r in rows].index)
-    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 3.8))
-    axes = np.atleast_1d(axes)
-    for ax, model in zip(axes, models):
-        rs = [r for r in rows if r["model"] == model]
-        xs = np.arange(len(rs))
-        w = 0.27
-        for i, v in enumerate(VARIANTS):
-            ax.bar(xs + (i - 1) * w, [r["steps_per_sec"].get(v, 0.0) for r in rs], w, label=v)
-        ax.set_xticks(xs, [r["setup"] for r in rs])
-        ax.set_ylabel("steps/s (same global batch)")
-        ax.set_title(f"{model} (global batch {rs[0]['batch']})")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with common.chart(path, 1, len(models), figsize=(6 * len(models), 3.8)) as (_, axes):
+        for ax, model in zip(np.atleast_1d(axes), models):
+            rs = [r for r in rows if r["model"] == model]
+            xs = np.arange(len(rs))
+            w = 0.27
+            for i, v in enumerate(VARIANTS):
+                ax.bar(xs + (i - 1) * w, [r["steps_per_sec"].get(v, 0.0) for r in rs], w, label=v)
+            ax.set_xticks(xs, [r["setup"] for r in rs])
+            ax.set_ylabel("steps/s (same global batch)")
+            ax.set_title(f"{model} (global batch {rs[0]['batch']})")
+            ax.legend(fontsize=8)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -387,10 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs": runs, "rows": rows, "estimate_8": est}
     tab = table(rows, logical_cpus=logical) + _estimate_text(est)
     name = "scaling_quick" if a.quick else "scaling"
-    paths = common.write(name, data, tab, out_dir=out_dir)
-    _chart(rows, os.path.join(out_dir, f"{name}.png"))
-    print(tab)
-    print(f"wrote {paths['json']} and {paths['md']}")
+    common.publish(name, data, tab, out_dir=out_dir, chart=lambda path: _chart(rows, path))
     return 0
 
 

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from framework import registry
+from framework import atomic, registry
 from framework.data import bundled, files
 
 
@@ -41,7 +41,7 @@ def write_digit_images(data_dir: str, size: int = 16) -> str:
             else:
                 data, ext = tf.io.encode_jpeg(u8, quality=95), "jpg"
             tf.io.write_file(os.path.join(d, f"{i:05d}.{ext}"), data)
-    open(marker, "w").close()
+    atomic.write_text(marker, "")
     return data_dir
 
 
@@ -53,8 +53,8 @@ def write_digit_tfrecords(data_dir: str, size: int = 16) -> dict[str, str]:
         if not os.path.exists(path):
             x, y = bundled.load_arrays("digits", split)
             imgs = tf.image.resize(x.reshape(-1, 8, 8, 1), [size, size]).numpy()
-            files.write_tfrecord(path + ".tmp", imgs, y.astype(np.int64))
-            os.replace(path + ".tmp", path)
+            with atomic.replacing(path) as tmp:
+                files.write_tfrecord(tmp, imgs, y.astype(np.int64))
         out[split] = path
     return out
 

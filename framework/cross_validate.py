@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from framework import atomic
 from framework import summaries as summ
 
 
@@ -90,9 +91,8 @@ def _finish_fold(ctl: Any, sub: str) -> None:
     x, y = _held_out_arrays(t.eval_source)
     with t.steps.scored_weights():  # the weights the fold's evaluation scored
         probs = probabilities(t, x)
-    tmp = os.path.join(sub, "oof.tmp.npz")
-    np.savez(tmp, indices=t.eval_indices, labels=y, probs=probs)
-    os.replace(tmp, os.path.join(sub, "oof.npz"))
+    with atomic.replacing(os.path.join(sub, "oof.npz"), suffix=".npz") as tmp:  # np.savez adds `.npz` otherwise
+        np.savez(tmp, indices=t.eval_indices, labels=y, probs=probs)
     summ.write_json(os.path.join(sub, "cv_fold.json"), {"step": int(t.global_step.numpy()),
                                                         "examples": int(len(t.eval_indices)), "metrics": metrics})
 
@@ -145,9 +145,8 @@ def write_markdown(report: dict[str, Any], path: str) -> None:
         lines.append(f"| {i} | {n} | " + " | ".join(f"{f[k]:.4f}" for k in names) + " |")
     lines.append("| mean ± std | | " + " | ".join(f"{report['mean'][k]:.4f} ± {report['std'][k]:.4f}"
                                                     for k in names) + " |")
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines) + "\n\nEach fold's metrics are its final model's on its held-out fold; "
-                 "std is the population standard deviation over folds.\n")
+    atomic.write_text(path, "\n".join(lines) + "\n\nEach fold's metrics are its final model's on its held-out fold; "
+                      "std is the population standard deviation over folds.\n")
 
 
 def plot(report: dict[str, Any], path: str) -> None:
@@ -167,10 +166,8 @@ def plot(report: dict[str, Any], path: str) -> None:
         ax.set_xlabel("fold")
         ax.set_xticks(range(len(vals)))
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp)
+    atomic.save_figure(fig, path)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def label_issues(oof: list[dict[str, np.ndarray]], path: str) -> int:
@@ -194,11 +191,9 @@ def label_issues(oof: list[dict[str, np.ndarray]], path: str) -> int:
     idx = idx[order]
     issues = cleanlab.filter.find_label_issues(labels, probs, return_indices_ranked_by="self_confidence")
     scores = cleanlab.rank.get_label_quality_scores(labels, probs)
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic.open_text(path) as f:
         w = csv.writer(f)
         w.writerow(["example", "given_label", "suggested_label", "score"])
         for j in issues:
             w.writerow([int(idx[j]), int(labels[j]), int(probs[j].argmax()), f"{scores[j]:.6f}"])
-    os.replace(tmp, path)
     return len(issues)

@@ -99,8 +99,7 @@ def run(*, text: str, model_dir: str, run_one: Callable[[str, str], dict[str, An
 def write_report(rows: Sequence[dict[str, Any]], keys: Sequence[str], model_dir: str) -> None:
     """Writes `sweep.csv`, `sweep.md` and `sweep.png` for the finished sub-runs."""
     cols = ["run", *keys, "step"] + sorted({k for r in rows for k in r if k.startswith("eval_")})
-    with atomic.replacing(os.path.join(model_dir, "sweep.csv")) as tmp, \
-            open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic.open_text(os.path.join(model_dir, "sweep.csv")) as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
@@ -135,6 +134,5 @@ def _plot(rows: Sequence[dict[str, Any]], path: str) -> None:
         ax.set_xlabel("step")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    with atomic.replacing(path, suffix=".png") as tmp:
-        fig.savefig(tmp)
+    atomic.save_figure(fig, path)
     plt.close(fig)

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from framework import atomic
 from framework.tune import FINISHED, Plan, counts, nest
 
 
@@ -40,7 +41,7 @@ def write_results(study: Any, plan: Plan, model_dir: str) -> dict[str, Any]:
     """Writes tune.csv, tune.md, best_params.yaml, tune.png and the HParams config; returns a summary."""
     table = rows(study, plan)
     cols = ["number", "state", *[p.key for p in plan.space], plan.metric, "steps", "seconds", "run_dir", "note"]
-    with open(os.path.join(model_dir, "tune.csv"), "w", newline="", encoding="utf-8") as f:
+    with atomic.open_text(os.path.join(model_dir, "tune.csv")) as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         w.writerows([{k: ("" if r[k] is None else r[k]) for k in cols} for r in table])
@@ -56,8 +57,7 @@ def write_results(study: Any, plan: Plan, model_dir: str) -> dict[str, Any]:
                      f"{best.value:.6g}: " + ", ".join(f"`{k}={_cell(v)}`" for k, v in best.params.items()))
     lines += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_cell(r[k]) for k in cols) + " |" for r in table]
-    with open(os.path.join(model_dir, "tune.md"), "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    atomic.write_text(os.path.join(model_dir, "tune.md"), "\n".join(lines) + "\n")
     if best is not None:
         write_best_params(best, plan, os.path.join(model_dir, "best_params.yaml"))
     plot(study, os.path.join(model_dir, "tune.png"))
@@ -76,10 +76,7 @@ def write_best_params(best: Any, plan: Plan, path: str) -> None:
     """The best trial's parameters as a nested config override (`--config_file` accepts it)."""
     head = (f"# Best trial {best.number} of study {plan.study_name!r}: {plan.metric}={best.value:.6g} "
             f"({plan.direction}).\n# Use: --config_file={os.path.basename(path)} (with --mode=train_and_eval)\n")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(head + yaml.safe_dump(nest(best.params), sort_keys=True, default_flow_style=False))
-    os.replace(tmp, path)
+    atomic.write_text(path, head + yaml.safe_dump(nest(best.params), sort_keys=True, default_flow_style=False))
 
 
 def plot(study: Any, path: str) -> None:
@@ -114,7 +111,7 @@ def plot(study: Any, path: str) -> None:
     if note:
         fig.text(0.5, 0.01, note, ha="center", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic.save_figure(fig, path, dpi=120)
     plt.close("all")
 
 

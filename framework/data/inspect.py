@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from framework import atomic
 from framework.data import pipeline
 
 # Above this max/min ratio of class counts the training split is called imbalanced.
@@ -601,10 +602,7 @@ def write_report(report: Mapping[str, Any], model_dir: str) -> tuple[str, str]:
     for name, text in (("data_report.json", json.dumps(report, indent=2, default=_json_default) + "\n"),
                        ("data_report.md", to_markdown(report))):
         path = os.path.join(model_dir, name)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        atomic.write_text(path, text)
         paths.append(path)
     return paths[0], paths[1]
 

@@ -7,7 +7,7 @@ import os
 import numpy as np
 from absl import logging
 
-from framework import registry
+from framework import atomic, registry
 from framework.hooks.base import Hook, monitored
 from framework.hooks.context import RunContext
 
@@ -85,11 +85,10 @@ class EarlyStopping(Hook):
             self.best, self.best_step, self.wait = value, ctx.step, 0
             if self.restore_best:
                 path = self._weights_path(ctx)
-                tmp = path + ".tmp.npz"
                 with ctx.scored_weights():  # the weights that earned `value` (EMA if on)
                     weights = ctx.get_weights()
-                np.savez(tmp, **{f"w{i}": w for i, w in enumerate(weights)})
-                os.replace(tmp, path)
+                with atomic.replacing(path, suffix=".npz") as tmp:  # np.savez adds `.npz` otherwise
+                    np.savez(tmp, **{f"w{i}": w for i, w in enumerate(weights)})
             return
         self.wait += 1
         if self.wait >= self.patience:

@@ -11,14 +11,13 @@ before training starts.
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Any
 
 import keras
 from absl import logging
 
+from framework import atomic, registry
 from framework import layers as layers_lib
-from framework import registry
 from framework.hooks.base import Hook
 from framework.hooks.context import RunContext
 
@@ -31,15 +30,11 @@ def export_model(model, directory: str) -> dict[str, str]:
     """
     os.makedirs(directory, exist_ok=True)
     keras_path = os.path.join(directory, "model.keras")
-    tmp = os.path.join(directory, f"tmp-{os.getpid()}.keras")
-    model.save(tmp)
-    os.replace(tmp, keras_path)
+    with atomic.replacing(keras_path, suffix=".keras") as tmp:  # Keras wants the `.keras` ending
+        model.save(tmp)
     sm_path = os.path.join(directory, "saved_model")
-    sm_tmp = os.path.join(directory, f"saved_model.tmp-{os.getpid()}")
-    shutil.rmtree(sm_tmp, ignore_errors=True)
-    model.export(sm_tmp, format="tf_saved_model", verbose=False)
-    shutil.rmtree(sm_path, ignore_errors=True)
-    os.replace(sm_tmp, sm_path)
+    with atomic.replacing(sm_path) as tmp:
+        model.export(tmp, format="tf_saved_model", verbose=False)
     return {"keras": keras_path, "saved_model": sm_path}
 
 

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from typing import Any, Sequence
 
 import numpy as np
 
+from framework import atomic
 from framework.config import OptimizerConfig
 
 DEFAULT_GROUP = "default"
@@ -138,10 +138,7 @@ class GroupTable:
 
     def write(self, path: str) -> None:
         """Writes the table (per group and per variable: depth, multiplier) to `path` as JSON, atomically."""
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.table(), f, indent=1)
-        os.replace(tmp, path)
+        atomic.write_text(path, json.dumps(self.table(), indent=1))
 
 
 def _fill_positions(block: list[int | None]) -> list[int]:
