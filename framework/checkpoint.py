@@ -23,6 +23,8 @@ from typing import Any, Callable, Mapping
 import tensorflow as tf
 from absl import logging
 
+from framework.errors import first_line
+
 
 class CheckpointError(RuntimeError):
     """Checkpoints exist in model_dir but none of them can be restored, or a save failed."""
@@ -184,12 +186,6 @@ def _float_variables(objects: Mapping[str, Any]) -> Any:
                 yield f"{key} {name}", v
 
 
-def first_line(e: BaseException | str) -> str:
-    """The first line of an error (or its text), without TensorFlow's `{{function_node ...}}` prefix."""
-    text = re.sub(r"^\{\{[^}]*\}\}\s*", "", str(e).strip())
-    return (text.splitlines()[0] if text else type(e).__name__)[:400]
-
-
 def model_objects(model: Any) -> dict[str, Any]:
     """Checkpoint entries for a model: its variables by position, and their paths as JSON.
 
@@ -228,7 +224,7 @@ def load_weights(model: Any, path: str, *, mapping: list[Mapping[str, str]] | No
         paths = json.loads(reader.get_tensor("model_paths" + _SUFFIX).decode("utf-8"))
     except (tf.errors.OpError, ValueError) as e:
         raise ValueError(f"task.init_checkpoint: not a readable tapeline checkpoint "
-                         f"({str(e).splitlines()[0]}); got {path!r}") from None
+                         f"({first_line(e)}); got {path!r}") from None
     shapes = reader.get_variable_to_shape_map()
     by_path = {p: f"model/{i}{_SUFFIX}" for i, p in enumerate(paths)}
     loaded, mismatched = [], []

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from absl import app, flags, logging
 
 from framework.config import STRATEGIES
+from framework.errors import first_line
 from framework.smoke import SmokeError  # stdlib only: no TensorFlow before the flags are checked
 
 FLAGS = flags.FLAGS
@@ -199,7 +200,7 @@ def _run_built(cfg: Any, strategy: Any, *, model_dir: str, mode: str, hparams: d
         text = str(e) if isinstance(e, tf.errors.OpError) else f"{e.strerror or e}: {e.filename!r}"
         if os.path.abspath(model_dir) not in text and model_dir not in text:
             raise
-        reason = ckpt_lib.first_line(text)
+        reason = first_line(text)
         raise UserError(f"cannot write to --model_dir {model_dir!r} ({reason}); the latest complete checkpoint "
                         f"is still {ctl.checkpointer.latest or 'none'}") from None
     return {"step": step, "eval": ctl.last_eval, "history": ctl.eval_history, "test": ctl.test_metrics,
@@ -233,7 +234,7 @@ def _inspect(cfg: Any, *, model_dir: str) -> dict[str, Any]:
         try:
             units = trainer_lib.output_units(cfg, x_spec)
         except Exception as e:  # noqa: BLE001 - the user's model code; the report is useful without it
-            note = f"the model could not be built ({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]})"
+            note = f"the model could not be built ({type(e).__name__}: {first_line(e)})"
         report = inspect_lib.build_report(arrays, kind=kind, units=units, units_note=note, examples=sizes,
                                           compensated_by=trainer_lib.balancing(cfg))
         images, grids = inspect_lib.image_section(arrays["train"], kind=kind, augment=augment,

@@ -40,6 +40,7 @@ from absl import logging
 
 from framework import config as config_lib
 from framework import registry
+from framework.errors import first_line
 
 WORKER_ENV = "TAPELINE_TUNE_WORKER"  # set in the processes `--tune_workers` starts
 THREADS_ENV = "TAPELINE_TUNE_THREADS"
@@ -356,12 +357,12 @@ def open_study(plan: Plan, storage_url: str) -> Any:
                                     load_if_exists=True, sampler=_sampler(plan, 0), pruner=_pruner(plan))
     except (ValueError, ImportError, optuna.exceptions.OptunaError) as e:
         raise ValueError(f"--tune_storage: expected an Optuna RDB URL (sqlite:///..., postgresql://..., "
-                         f"mysql://...); got {storage_url!r} ({str(e).splitlines()[0]})") from None
+                         f"mysql://...); got {storage_url!r} ({first_line(e)})") from None
     except Exception as e:  # SQLAlchemy's errors: one line naming the URL, no traceback
         if type(e).__module__.split(".")[0] != "sqlalchemy":
             raise
         raise ValueError(f"--tune_storage: expected a reachable Optuna RDB URL (sqlite:///..., postgresql://..., "
-                         f"mysql://...); got {storage_url!r} ({str(e).splitlines()[0]})") from None
+                         f"mysql://...); got {storage_url!r} ({first_line(e)})") from None
     if study.direction.name.lower() != plan.direction:
         raise ValueError(f"tune.direction: study {plan.study_name!r} in {storage_url} is "
                          f"{study.direction.name.lower()}; got {plan.direction!r}")

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from framework import atomic
+from framework.errors import first_line
 from framework.tune import FINISHED, Plan, counts, nest
 
 
@@ -101,7 +102,7 @@ def plot(study: Any, path: str) -> None:
         try:
             images.append(_png(ovm.plot_param_importances(study).figure, io))
         except (ValueError, RuntimeError, ZeroDivisionError) as e:  # e.g. every complete trial has one value
-            note = f"parameter importances unavailable: {str(e).splitlines()[0]}"
+            note = f"parameter importances unavailable: {first_line(e)}"
     else:
         note = f"parameter importances need >= 2 complete trials; got {len(complete)}"
     fig, axes = plt.subplots(1, len(images), figsize=(7 * len(images), 5), squeeze=False)
