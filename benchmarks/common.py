@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -65,7 +66,10 @@ def synthetic(kind: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     return rng.normal(size=(n, *shape)).astype(np.float32), rng.integers(0, classes, size=n).astype(np.int32)
 
 
-_DATA: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+@functools.cache
+def _cached_synthetic(kind: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """`synthetic(kind, n)` made once per process (every split and run of a benchmark reads the same arrays)."""
+    return synthetic(kind, n)
 
 if "bench_model" not in registry.MODELS:
     @registry.register_model("bench_model")
@@ -74,10 +78,7 @@ if "bench_model" not in registry.MODELS:
 
     @registry.register_dataset("bench_data")
     def bench_data(split: str, kind: str = "mlp", n: int = 4096) -> tf.data.Dataset:  # noqa: ARG001 - every split
-        key = f"{kind}-{n}"
-        if key not in _DATA:
-            _DATA[key] = synthetic(kind, n)
-        return tf.data.Dataset.from_tensor_slices(_DATA[key])
+        return tf.data.Dataset.from_tensor_slices(_cached_synthetic(kind, n))
 
     def _bench_experiment(kind: str) -> Callable[[], dict[str, Any]]:
         def experiment() -> dict[str, Any]:

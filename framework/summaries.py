@@ -50,12 +50,55 @@ def log_line(kind: str, *, step: int, total: int, values: Mapping[str, float],
     return " | ".join(parts)
 
 
-class Summaries:
-    """Scalar writers for the `train` and `eval` runs of one model_dir."""
+class LiveLine:
+    """A terminal's progress line: a `live` line redraws it in place, the next plain line ends it first.
 
-    def __init__(self, *, model_dir: str) -> None:
+    It remembers whether a live line is pending (the cursor is still on it), so that a plain log
+    line starts on a line of its own. Off a terminal (files, CI, pipes) every line is a plain
+    greppable log line.
+
+    Args:
+      stream: where live lines are drawn; `sys.stderr` (looked up at each call) when None.
+    """
+
+    def __init__(self, *, stream: Any = None) -> None:
+        self._stream = stream
+        self.pending = False
+
+    def log(self, line: str, *, live: bool = False) -> None:
+        """Logs one line; with `live` on a terminal, redraws the progress line instead."""
+        stream = self._stream or sys.stderr
+        if live and hasattr(stream, "isatty") and stream.isatty():
+            stream.write("\r\033[K" + line)
+            stream.flush()
+            self.pending = True
+            return
+        self.end()
+        logging.info("%s", line)
+
+    def end(self) -> None:
+        """Ends a pending live line (the cursor moves to a new line); nothing otherwise."""
+        if self.pending:
+            (self._stream or sys.stderr).write("\n")
+            self.pending = False
+
+
+class Summaries:
+    """Scalar writers for the `train` and `eval` runs of one model_dir, and the run's log line.
+
+    Args:
+      model_dir: the run's directory (the writers' sub-directories go under it).
+      live: the progress line the run's `log` redraws (a new one on `sys.stderr` when None).
+    """
+
+    def __init__(self, *, model_dir: str, live: LiveLine | None = None) -> None:
         self.model_dir = model_dir
+        self.live = live or LiveLine()
         self._writers: dict[str, Any] = {}
+
+    def log(self, line: str, *, live: bool = False) -> None:
+        """Logs one line of the run; `live` lines redraw one progress line on a terminal (see LiveLine)."""
+        self.live.log(line, live=live)
 
     def writer(self, run: str) -> Any:
         """The TensorBoard writer of one sub-directory (`train`, `eval`, `test`), made on first use."""
@@ -95,10 +138,11 @@ class Summaries:
         w.flush()
 
     def close(self) -> None:
-        """Flushes and closes every writer."""
+        """Flushes and closes every writer; ends a pending live line."""
         for w in self._writers.values():
             w.close()
         self._writers.clear()
+        self.live.end()
 
 
 def write_json(path: str, data: Mapping[str, Any]) -> None:
@@ -106,24 +150,14 @@ def write_json(path: str, data: Mapping[str, Any]) -> None:
     atomic.write_json(path, data)
 
 
-_live = {"pending": False}
-
-
 def log(line: str, *, live: bool = False, stream: Any = None) -> None:
     """Logs one line; with `live` on a terminal, redraws a single progress line instead.
 
-    Off a terminal (files, CI, pipes) every line is a plain greppable log line.
+    Off a terminal (files, CI, pipes) every line is a plain greppable log line. Nothing is
+    remembered between calls: a run logs through `Summaries.log`, whose `LiveLine` knows when a
+    live line is pending and ends it before the next plain line.
     """
-    stream = stream or sys.stderr
-    if live and hasattr(stream, "isatty") and stream.isatty():
-        stream.write("\r\033[K" + line)
-        stream.flush()
-        _live["pending"] = True
-        return
-    if _live["pending"]:
-        stream.write("\n")
-        _live["pending"] = False
-    logging.info("%s", line)
+    LiveLine(stream=stream).log(line, live=live)
 
 
 def confusion_image(cm: Any) -> bytes:

@@ -114,14 +114,37 @@ def test_progress_is_a_live_line_on_a_terminal_and_plain_lines_otherwise(monkeyp
     logged = []
     monkeypatch.setattr(summ.logging, "info", lambda fmt, *a: logged.append(fmt % a))
     tty = _Stream(True)
-    summ.log("train | step 1/2", live=True, stream=tty)
-    summ.log("train | step 2/2", live=True, stream=tty)
-    assert tty.text.count("\r") == 2 and "\n" not in tty.text
-    summ.log("eval | step 2/2", stream=tty)  # ends the live line first
-    assert tty.text.endswith("\n")
+    line = summ.LiveLine(stream=tty)
+    line.log("train | step 1/2", live=True)
+    line.log("train | step 2/2", live=True)
+    assert tty.text.count("\r") == 2 and "\n" not in tty.text and line.pending and logged == []
+    line.log("eval | step 2/2")  # ends the live line first
+    assert tty.text.endswith("\n") and not line.pending and logged == ["eval | step 2/2"]
+    line.log("eval | again")
+    assert tty.text.count("\n") == 1  # nothing pending: no empty line
     pipe = _Stream(False)
-    summ.log("train | step 1/2", live=True, stream=pipe)
+    summ.LiveLine(stream=pipe).log("train | step 1/2", live=True)
     assert pipe.text == "" and logged[-1] == "train | step 1/2"
+
+
+def test_each_run_owns_its_live_line(monkeypatch, tmp_path):
+    monkeypatch.setattr(summ.logging, "info", lambda fmt, *a: None)
+    tty = _Stream(True)
+    a = summ.Summaries(model_dir=str(tmp_path / "a"), live=summ.LiveLine(stream=tty))
+    b = summ.Summaries(model_dir=str(tmp_path / "b"))
+    a.log("train | step 1/2", live=True)
+    assert a.live.pending and not b.live.pending  # no state shared between runs
+    a.close()  # a run's end ends its pending live line
+    assert tty.text.endswith("\n") and not a.live.pending
+
+
+def test_the_module_log_redraws_on_a_terminal_and_logs_plain_lines(monkeypatch):
+    logged = []
+    monkeypatch.setattr(summ.logging, "info", lambda fmt, *a: logged.append(fmt % a))
+    tty = _Stream(True)
+    summ.log("train | step 1/2", live=True, stream=tty)
+    summ.log("cross_validate | fold 0", stream=tty)
+    assert tty.text == "\r\033[Ktrain | step 1/2" and logged == ["cross_validate | fold 0"]
 
 
 def test_per_class_report_and_confusion_image(tmp_path):
