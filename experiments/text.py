@@ -34,7 +34,6 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
-import math
 import os
 import sysconfig
 
@@ -242,46 +241,44 @@ def positive_weights(max_len: int = 192) -> list[float]:
 # ----------------------------------------------------------------------------------- experiments
 
 
+def _experiment(*, model: dict, data: str, train_data: dict, eval_data: dict, loss: dict, metrics: list, steps: int,
+                learning_rate: float) -> dict:
+    """A text experiment: a `text_transformer` on dataset `data` trained `steps` steps by AdamW
+    (weight decay 0.01, cosine schedule, 100 warm-up steps), evaluated and checkpointed at the end."""
+    return {"task": {"model": {"name": "text_transformer", **model},
+                     "train_data": {"name": data, **train_data}, "eval_data": {"name": data, **eval_data},
+                     "loss": loss, "metrics": metrics},
+            "trainer": {"train_steps": steps, "steps_per_loop": 100, "eval_interval": steps,
+                        "checkpoint_interval": steps},
+            "optimizer": {"name": "adamw", "learning_rate": learning_rate, "weight_decay": 0.01,
+                          "schedule": {"name": "cosine"}, "warmup_steps": 100}}
+
+
 @registry.register_experiment("docstring_family")
 def docstring_family_experiment() -> dict:
-    return {"task": {"model": {"name": "text_transformer", "outputs": len(FAMILIES), "max_len": 128, "dim": 48,
-                               "ff": 96},
-                     "train_data": {"name": "docstring_family", "max_len": 128, "batch_size": 32,
-                                    "bucket_boundaries": [32, 64, 96]},
-                     "eval_data": {"name": "docstring_family", "max_len": 128, "batch_size": 111},
-                     "loss": {"name": "sparse_categorical_crossentropy"}, "metrics": ["accuracy"]},
-            "trainer": {"train_steps": 400, "steps_per_loop": 100, "eval_interval": 400, "checkpoint_interval": 400},
-            "optimizer": {"name": "adamw", "learning_rate": 1e-3, "weight_decay": 0.01,
-                          "schedule": {"name": "cosine"}, "warmup_steps": 100}}
+    return _experiment(model={"outputs": len(FAMILIES), "max_len": 128, "dim": 48, "ff": 96},
+                       data="docstring_family",
+                       train_data={"max_len": 128, "batch_size": 32, "bucket_boundaries": [32, 64, 96]},
+                       eval_data={"max_len": 128, "batch_size": 111},
+                       loss={"name": "sparse_categorical_crossentropy"}, metrics=["accuracy"],
+                       steps=400, learning_rate=1e-3)
 
 
 @registry.register_experiment("byte_lm")
 def byte_lm_experiment() -> dict:
-    return {"task": {"model": {"name": "text_transformer", "causal": True, "max_len": 64, "dim": 48, "ff": 96},
-                     "train_data": {"name": "docstring_bytes", "chunk": 64, "batch_size": 32,
-                                    "bucket_boundaries": [32]},
-                     "eval_data": {"name": "docstring_bytes", "chunk": 64, "batch_size": 128},
-                     "loss": {"name": "sparse_categorical_crossentropy"}, "metrics": ["accuracy"]},
-            "trainer": {"train_steps": 500, "steps_per_loop": 100, "eval_interval": 500, "checkpoint_interval": 500},
-            "optimizer": {"name": "adamw", "learning_rate": 2e-3, "weight_decay": 0.01,
-                          "schedule": {"name": "cosine"}, "warmup_steps": 100}}
+    return _experiment(model={"causal": True, "max_len": 64, "dim": 48, "ff": 96}, data="docstring_bytes",
+                       train_data={"chunk": 64, "batch_size": 32, "bucket_boundaries": [32]},
+                       eval_data={"chunk": 64, "batch_size": 128},
+                       loss={"name": "sparse_categorical_crossentropy"}, metrics=["accuracy"],
+                       steps=500, learning_rate=2e-3)
 
 
 @registry.register_experiment("docstring_tags")
 def docstring_tags_experiment() -> dict:
     metrics = ["accuracy", "auc", {"name": "recall", "average": "macro"}, {"name": "precision", "average": "macro"},
                {"name": "f1", "average": "macro"}, {"name": "f1", "average": "micro", "alias": "f1_micro"}]
-    return {"task": {"model": {"name": "text_transformer", "outputs": len(TAGS), "max_len": 128, "dim": 32,
-                               "ff": 64, "layers": 1},
-                     "train_data": {"name": "docstring_tags", "max_len": 128, "batch_size": 32,
-                                    "bucket_boundaries": [64]},
-                     "eval_data": {"name": "docstring_tags", "max_len": 128, "batch_size": 161},
-                     "loss": {"name": "binary_crossentropy", "pos_weight": [4.4, 0.7, 5.1, 6.3]},
-                     "metrics": metrics},
-            "trainer": {"train_steps": 300, "steps_per_loop": 100, "eval_interval": 300, "checkpoint_interval": 300},
-            "optimizer": {"name": "adamw", "learning_rate": 1e-3, "weight_decay": 0.01,
-                          "schedule": {"name": "cosine"}, "warmup_steps": 100}}
-
-
-def bits_per_byte(loss_nats: float) -> float:
-    return loss_nats / math.log(2.0)
+    return _experiment(model={"outputs": len(TAGS), "max_len": 128, "dim": 32, "ff": 64, "layers": 1},
+                       data="docstring_tags", train_data={"max_len": 128, "batch_size": 32, "bucket_boundaries": [64]},
+                       eval_data={"max_len": 128, "batch_size": 161},
+                       loss={"name": "binary_crossentropy", "pos_weight": [4.4, 0.7, 5.1, 6.3]}, metrics=metrics,
+                       steps=300, learning_rate=1e-3)
