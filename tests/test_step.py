@@ -89,14 +89,13 @@ def test_eval_covers_whole_set_once_padding_excluded():
     cfg = C.make_config(task={"train_data": {"key": "ev"}, "eval_data": {"key": "ev"}})
     t = _build(cfg)
     ds, nb = t.eval_dataset()
-    t.steps.reset_eval_metrics()
-    t.steps.eval_loop(iter(ds), nb)
+    result = t.steps.eval_loop(iter(ds), nb)
     logits = t.model(x, training=False).numpy()
     acc = float(np.mean(np.argmax(logits, 1) == y))
     ce = -np.log(np.exp(logits - logits.max(1, keepdims=True))[np.arange(50), y] /
                  np.exp(logits - logits.max(1, keepdims=True)).sum(1))
-    assert abs(float(t.steps.eval_metrics["accuracy"].result()) - acc) < 1e-6
-    assert abs(float(t.steps.eval_loss_mean.result()) - ce.mean()) < 1e-5
+    assert abs(result.metrics["accuracy"] - acc) < 1e-6
+    assert abs(result.loss - ce.mean()) < 1e-5
 
 
 @JIT

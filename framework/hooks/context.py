@@ -13,12 +13,15 @@ class RunContext:
     Attributes:
       train_logs: values of the last inner loop (loss, metrics, learning rates, grad norms).
       eval_logs: values of the last evaluation (empty before the first one).
+      loop_result: what the last inner loop returned (`results.LoopResult`; None before the
+        first one): its step, losses, statistics and non-finite status.
     """
 
     def __init__(self, *, controller: Any) -> None:
         self._c = controller
         self.train_logs: dict[str, float] = {}
         self.eval_logs: dict[str, float] = {}
+        self.loop_result: Any = None
         self.stop_requested = False
         self.stop_reason = ""
 
