@@ -12,8 +12,7 @@ import pytest
 import tensorflow as tf
 
 from framework import controller as controller_lib
-from framework import registry
-from framework import testing
+from framework import registry, testing
 from framework import trainer as trainer_lib
 from framework.optim import optimizers  # noqa: F401  (registers the built-in optimizers)
 from tests import _components as C
