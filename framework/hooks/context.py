@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from framework.hooks.base import Event, Hook, as_hook
+
+if TYPE_CHECKING:  # a type only: hooks sit beside the step modules, not above them
+    from framework.results import LoopResult
 
 
 class RunContext:
@@ -21,7 +24,7 @@ class RunContext:
         self._c = controller
         self.train_logs: dict[str, float] = {}
         self.eval_logs: dict[str, float] = {}
-        self.loop_result: Any = None
+        self.loop_result: LoopResult | None = None
         self.stop_requested = False
         self.stop_reason = ""
 
