@@ -6,7 +6,7 @@
 Each variant is tapeline's trainer on the overhead benchmark's MLP (XLA on, as `auto` picks),
 with one thing removed or changed, to attribute the gap to the raw limit of `overhead.py`:
   default        as shipped (8 steps per XLA call)
-  group_1/16/32  steps per XLA call (trainer._XLA_GROUP_STEPS)
+  group_1/16/32  steps per XLA call (jit.GROUP_STEPS)
   cond_update    the optimizer update inside a conditional (tf.cond on "step is finite"), as
                  before the gated writes of Steps.gated_update (a select in every write)
   no_grad_stats  no gradient-norm statistics: this also drops the non-finite gradient check,
@@ -36,6 +36,7 @@ from typing import Any, Callable
 import tensorflow as tf
 
 from benchmarks import common, overhead
+from framework import jit as jit_lib
 from framework import step as step_lib
 from framework import trainer as trainer_lib
 from framework.config import ClipConfig
@@ -61,7 +62,7 @@ def _step_in_raw_loop(t: Any, it: Any, active: tuple[int, ...]) -> Callable[[int
         tf.while_loop(lambda j: j < n, body, (tf.constant(0),))
 
     def run(k: int) -> None:
-        steps.reset_train_metrics()
+        steps.train_meters.reset()
         loop(tf.constant(k))
         t.global_step.numpy()
 
@@ -91,13 +92,13 @@ def _variant(name: str, quick: bool) -> Callable[[int], None]:
         return _grad_norm_alone(quick)
     if name == "raw_limit":
         return overhead.raw_loop("mlp", quick, True)
-    real_clip, real_group = step_lib.clipping.clip_gradients, trainer_lib._XLA_GROUP_STEPS  # noqa: SLF001
+    real_clip, real_group = step_lib.clipping.clip_gradients, jit_lib.GROUP_STEPS
     real_bytes = pipeline.IN_MEMORY_BYTES
     try:
         if name == "element_pipeline":
             pipeline.IN_MEMORY_BYTES = 0
         if name.startswith("group_"):
-            trainer_lib._XLA_GROUP_STEPS = int(name.split("_")[1])  # noqa: SLF001
+            jit_lib.GROUP_STEPS = int(name.split("_")[1])
         if name == "no_grad_stats":
             step_lib.clipping.clip_gradients = _no_stats
         cfg = common.tapeline_config("mlp", quick=quick, jit=True)
@@ -105,7 +106,7 @@ def _variant(name: str, quick: bool) -> Callable[[int], None]:
             cfg.task.metrics = []
         t = trainer_lib.build(cfg, tf.distribute.get_strategy())
         if name == "cond_update":
-            t.steps.gated_update = False  # read when the step is traced (below)
+            t.steps.update.gated = False  # read when the step is traced (below)
         if name == "fixed_batch":
             one = next(iter(t.train_dataset(start_step=0)))
             ds = tf.data.Dataset.from_tensors(one).cache().repeat()
@@ -119,15 +120,13 @@ def _variant(name: str, quick: bool) -> Callable[[int], None]:
             return in_raw
 
         def run(k: int) -> None:
-            t.steps.reset_train_metrics()
-            t.steps.train_loop(it, k, active)
-            t.global_step.numpy()
+            t.steps.train_loop(it, k, active)  # returns the loop's results, copied to the host once
 
         run(2)  # trace + compile while the patches are in force
         return run
     finally:
         step_lib.clipping.clip_gradients = real_clip
-        trainer_lib._XLA_GROUP_STEPS = real_group  # noqa: SLF001
+        jit_lib.GROUP_STEPS = real_group
         pipeline.IN_MEMORY_BYTES = real_bytes
 
 

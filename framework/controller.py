@@ -1,9 +1,9 @@
 """The Python outer loop: inner-loop calls, eval and checkpoint boundaries, hooks, resume.
 
-One compiled call runs up to `trainer.steps_per_loop` steps; the controller copies results to
-the host once per call, writes summaries and the log line, dispatches hooks, evaluates and
-checkpoints on their intervals. Training resumes from the newest checkpoint and a finished run
-returns at once.
+One compiled call runs up to `trainer.steps_per_loop` steps and returns its results, copied to
+the host once per call (`results.LoopResult`); the controller writes summaries and the log
+line from them, dispatches hooks, evaluates and checkpoints on their intervals. Training
+resumes from the newest checkpoint and a finished run returns at once.
 """
 from __future__ import annotations
 
@@ -20,12 +20,13 @@ from absl import logging
 
 from framework import checkpoint as ckpt_lib
 from framework import layers as layers_lib
-from framework import metrics as metrics_lib
+from framework import reports as reports_lib
 from framework import summaries as summ
 from framework.hooks import RunContext
 from framework.hooks import base as hooks_base
 from framework.hooks import export as export_lib
 from framework.hooks.context import EveryNSteps
+from framework.results import EvalResult, LoopResult
 from framework.trainer import Trainer
 
 
@@ -122,6 +123,8 @@ class Controller:
         self.test_metrics: dict[str, float] | None = None
         self.overfit: dict[str, Any] | None = None
         self._loop_losses: list[float] = []  # first and last inner-loop loss, for overfit_batches
+        self.last_result: LoopResult | None = None  # what the last inner loop returned
+        self._start = (time.monotonic(), 0)  # (time, step) training started at, for the ETA
 
     @property
     def preempted(self) -> bool:
@@ -222,17 +225,27 @@ class Controller:
 
     def train(self, *, evaluate: bool) -> int:
         """Trains to `total_steps` (evaluating on the interval when `evaluate`); returns the step."""
-        tr = self.cfg.trainer
-        total = self.t.total_steps
         step = self.restore()
-        if step >= total:
-            logging.info("already finished: step %d of %d in %s; nothing to do", step, total, self.model_dir)
-            if self.cfg.task.test_data.name and not os.path.exists(os.path.join(self.model_dir, "test_metrics.json")):
-                # The test evaluation of this finished run did not complete (e.g. a test_data fixed since):
-                # the end hooks put the final weights back (restore-best state is in the checkpoint).
-                self._dispatch("end")
-                self._test_once(step)
-            return step
+        if step >= self.t.total_steps:
+            return self._already_finished(step)
+        final_export = self._begin_run(step)
+        while step < self.t.total_steps and not self.ctx.stop_requested:
+            step = self._train_loop(step, evaluate=evaluate)
+        self._end_run(step, final_export)
+        return step
+
+    def _already_finished(self, step: int) -> int:
+        logging.info("already finished: step %d of %d in %s; nothing to do", step, self.t.total_steps,
+                     self.model_dir)
+        if self.cfg.task.test_data.name and not os.path.exists(os.path.join(self.model_dir, "test_metrics.json")):
+            # The test evaluation of this finished run did not complete (e.g. a test_data fixed since):
+            # the end hooks put the final weights back (restore-best state is in the checkpoint).
+            self._dispatch("end")
+            self._test_once(step)
+        return step
+
+    def _begin_run(self, step: int) -> export_lib.Export | None:
+        """Summaries of the run's setup, the `begin` hooks, the training iterator; returns the final export."""
         self.summaries.text("train", "config", _config_text(self.cfg), step=step)
         self.summaries.text("train", "param_groups", self.t.groups.format(), step=step)
         self.t.groups.write(os.path.join(self.model_dir, "param_groups.json"))
@@ -243,57 +256,72 @@ class Controller:
         if final_export is not None:
             export_lib.check_exportable(self.t.model)  # before training, not after it
         self._dispatch("begin")
-        dist_ds = self.t.train_dataset(start_step=step + int(self.data_skip.numpy()))
-        self._train_iter = iter(dist_ds)
+        self._train_iter = iter(self.t.train_dataset(start_step=step + int(self.data_skip.numpy())))
+        self._start = (time.monotonic(), step)
+        return final_export
+
+    def _loop_length(self, step: int, *, evaluate: bool) -> int:
+        """Steps of the next inner loop: up to the nearest end, loop, eval, checkpoint or phase boundary."""
+        tr = self.cfg.trainer
+        bounds = [self.t.total_steps, _next_multiple(step, tr.steps_per_loop)]
+        if evaluate:
+            bounds.append(_next_multiple(step, tr.eval_interval))
+        if self.save_checkpoints:
+            bounds.append(_next_multiple(step, tr.checkpoint_interval))
+        nxt = self._next_phase_start(step)
+        if nxt is not None:
+            bounds.append(nxt)
+        return min(bounds) - step
+
+    def _train_loop(self, step: int, *, evaluate: bool) -> int:
+        """One inner loop from `step`, its report, hooks, evaluation and checkpoint; returns the new step."""
+        active, per_var = self._phase_at(step)
+        self.t.lr_multipliers.assign(per_var)
+        n = self._loop_length(step, evaluate=evaluate)
+        t0 = time.monotonic()
+        result = self.t.steps.train_loop(self._train_iter, n, active)  # the one host copy of this loop
+        dt = max(time.monotonic() - t0, 1e-9)
+        self.last_result = result
+        if result.halted:
+            restored = self._nonfinite(result)
+            if restored is not None:
+                return restored  # phases, eval and checkpoint boundaries from the checkpoint's step
+        self._report_loop(result, done=result.step - step, dt=dt)
+        self._dispatch("train_loop_end")
+        step = result.step
+        if self._preempted.is_set():
+            self.ctx.request_stop("preempted (SIGTERM)")
+        tr = self.cfg.trainer
+        at_end = step >= self.t.total_steps or self.ctx.stop_requested
+        if evaluate and (step % tr.eval_interval == 0 or at_end):
+            self.evaluate(step=step)
+        if self.save_checkpoints and (step % tr.checkpoint_interval == 0 or at_end):
+            self.save(step)
+        return step
+
+    def _report_loop(self, result: LoopResult, *, done: int, dt: float) -> None:
+        """The loop's summaries and log line; its values become `ctx.train_logs`."""
+        step, total = result.step, self.t.total_steps
+        values = self._train_values(result)
         global_batch = self.cfg.task.train_data.batch_size * self.t.batches_per_step
-        start_time, start_step = time.monotonic(), step
-        while step < total and not self.ctx.stop_requested:
-            active, per_var = self._phase_at(step)
-            self.t.lr_multipliers.assign(per_var)
-            bounds = [total, _next_multiple(step, tr.steps_per_loop)]
-            if evaluate:
-                bounds.append(_next_multiple(step, tr.eval_interval))
-            if self.save_checkpoints:
-                bounds.append(_next_multiple(step, tr.checkpoint_interval))
-            nxt = self._next_phase_start(step)
-            if nxt is not None:
-                bounds.append(nxt)
-            n = min(bounds) - step
-            self.t.steps.reset_train_metrics()
-            t0 = time.monotonic()
-            self.t.steps.train_loop(self._train_iter, n, active)
-            new_step = int(self.t.global_step.numpy())  # the one host copy of this loop
-            dt = max(time.monotonic() - t0, 1e-9)
-            done = new_step - step
-            if bool(self.t.steps.halt.numpy()):
-                restored = self._nonfinite(new_step)
-                if restored is not None:
-                    step = restored  # phases, eval and checkpoint boundaries from the checkpoint's step
-                    continue
-            step = new_step
-            values = self._train_values(step)
-            rates = {"steps_per_sec": done / dt, "examples_per_sec": done * global_batch / dt}
-            self.summaries.scalars("train", step, {**values, **rates})
-            elapsed = time.monotonic() - start_time
-            eta = elapsed / max(step - start_step, 1) * (total - step)
-            shown = {k: v for k, v in values.items()
-                     if "/" not in k and k not in ("grad_norm_clipped", "clipped_fraction")}
-            summ.log(summ.log_line("train", step=step, total=total, values=shown,
-                                   examples_per_sec=rates["examples_per_sec"], eta_s=eta), live=True)
-            self.ctx.train_logs = values
-            self._loop_losses = self._loop_losses[:1] + [values["loss"]]
-            self._dispatch("train_loop_end")
-            if self._preempted.is_set():
-                self.ctx.request_stop("preempted (SIGTERM)")
-            at_end = step >= total or self.ctx.stop_requested
-            if evaluate and (step % tr.eval_interval == 0 or at_end):
-                self.evaluate(step=step)
-            if self.save_checkpoints and (step % tr.checkpoint_interval == 0 or at_end):
-                self.save(step)
+        rates = {"steps_per_sec": done / dt, "examples_per_sec": done * global_batch / dt}
+        self.summaries.scalars("train", step, {**values, **rates})
+        start_time, start_step = self._start
+        eta = (time.monotonic() - start_time) / max(step - start_step, 1) * (total - step)
+        shown = {k: v for k, v in values.items()
+                 if "/" not in k and k not in ("grad_norm_clipped", "clipped_fraction")}
+        summ.log(summ.log_line("train", step=step, total=total, values=shown,
+                               examples_per_sec=rates["examples_per_sec"], eta_s=eta), live=True)
+        self.ctx.train_logs = values
+        self.ctx.loop_result = result
+        self._loop_losses = self._loop_losses[:1] + [values["loss"]]
+
+    def _end_run(self, step: int, final_export: export_lib.Export | None) -> None:
+        """The `end` hooks, the overfit report, the final export and the test set, in that order."""
         if self.ctx.stop_requested:
             logging.info("stopped at step %d: %s", step, self.ctx.stop_reason)
         self._dispatch("end")
-        if tr.overfit_batches:
+        if self.cfg.trainer.overfit_batches:
             self._report_overfit(step)
         if final_export is not None and not self._preempted.is_set():
             # After every `end` hook (early stopping's restore-best first): the run's model.
@@ -303,7 +331,6 @@ class Controller:
         if self.cfg.task.test_data.name and not self._preempted.is_set():
             self._test_once(step)
         self.summaries.close()
-        return step
 
     def _final_export(self) -> export_lib.Export | None:
         """The end-of-run export to `model_dir/export/` (None: `trainer.export: false`, a run
@@ -358,11 +385,10 @@ class Controller:
         logging.info("saved %s", path)
         return path
 
-    def _nonfinite(self, step: int) -> int | None:
+    def _nonfinite(self, result: LoopResult) -> int | None:
         """Applies `trainer.nonfinite` after a halted loop; returns the restored step, or raises."""
-        s = self.t.steps
-        bad_step = int(s.nonfinite_step.numpy())
-        what = "loss" if bool(s.nonfinite_loss.numpy()) else "or overflowing gradient"
+        step, bad_step = result.step, result.nonfinite_step
+        what = "loss" if result.nonfinite_loss else "or overflowing gradient"
         policy = self.cfg.trainer.nonfinite
         msg = (f"non-finite {what} at step {bad_step} (trainer.nonfinite={policy}); the update of that step "
                f"was not applied")
@@ -398,51 +424,21 @@ class Controller:
         self.summaries.scalars("train", step, {"skipped_batches": (end - first) * bps})
         self.summaries.text("train", "skipped_batches", text, step=step)
         self._train_iter = iter(self.t.train_dataset(start_step=end))
-        self.t.steps.halt.assign(False)
-        return step
+        return step  # the next loop starts un-halted (`NonFinitePolicy.begin_loop`)
 
-    def _train_values(self, step: int) -> dict[str, float]:
-        s = self.t.steps
-        out = s.loss_values(train=True)
-        for name, m in s.train_metrics.items():
-            v = _scalar(m.result())
-            if v is not None:
-                out[name] = v
-        for k, m in s.stat_means.items():
-            if k.startswith("grad_norm/"):
-                gi = int(k.split("/")[1])
-                out[f"grad_norm/{self.t.groups.groups[gi].name}"] = float(m.result())
-            else:
-                out[k] = float(m.result())
+    def _train_values(self, result: LoopResult) -> dict[str, float]:
+        """What a train loop logs: losses, metrics, gradient statistics, learning rates."""
+        out = {**result.losses(), **result.metrics, **result.stats()}
+        for gi, v in enumerate(result.group_grad_norms):
+            out[f"grad_norm/{self.t.groups.groups[gi].name}"] = v
         # learning_rate/<curve>: the rate the loop's last step used (recorded by the compiled
         # step; a frozen group's is 0), per group (its variable nearest the head) and, with layer
         # decay, per depth (GroupTable.lr_curves).
-        used = s.last_lr.numpy()
         curves = self.t.groups.lr_curves()
-        empty = self.t.group_lrs(max(step - 1, 0)) if None in curves.values() else {}
+        empty = self.t.group_lrs(max(result.step - 1, 0)) if None in curves.values() else {}
         for name, i in curves.items():
-            out[f"learning_rate/{name}"] = float(used[i]) if i is not None else empty[name]
+            out[f"learning_rate/{name}"] = float(result.learning_rates[i]) if i is not None else empty[name]
         return out
-
-    def _per_class_report(self, cm: np.ndarray, step: int, prefix: str = "") -> None:
-        """Writes per-class P/R/F1 and the confusion matrix to model_dir and TensorBoard
-        (`eval_per_class.json`; `eval_per_class.<output>.json` for one output of several)."""
-        report = {"step": step, **per_class(cm)}
-        suffix = f".{prefix[:-1]}" if prefix else ""
-        summ.write_json(os.path.join(self.model_dir, f"eval_per_class{suffix}.json"), report)
-        if cm.shape[0] <= _IMAGE_MAX_CLASSES:
-            self.summaries.image("eval", f"{prefix}confusion_matrix", summ.confusion_image(cm), step)
-        self.summaries.text("eval", f"{prefix}per_class", summ.per_class_table(report["classes"]), step=step)
-
-    def _per_label_report(self, counts: np.ndarray, step: int, prefix: str = "") -> None:
-        """Writes per-label P/R/F1 and support of a multi-label output (`eval_per_label.json`)."""
-        rows = metrics_lib.per_label(counts)
-        suffix = f".{prefix[:-1]}" if prefix else ""
-        summ.write_json(os.path.join(self.model_dir, f"eval_per_label{suffix}.json"), {"step": step, "labels": rows})
-        table = "| label | precision | recall | f1 | support |\n|---|---|---|---|---|\n" + "\n".join(
-            f"| {r['label']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']:g} |"
-            for r in rows)
-        self.summaries.text("eval", f"{prefix}per_label", table, step=step)
 
     def evaluate(self, *, step: int | None = None) -> dict[str, float]:
         """Evaluates on the whole eval set (or `trainer.eval_steps` batches); writes metrics.json."""
@@ -452,15 +448,10 @@ class Controller:
             step = int(self.t.global_step.numpy())
         if self._eval_ds is None:
             self._eval_ds = self.t.eval_dataset()
-        ds, nb = self._eval_ds
-        s = self.t.steps
-        values = self.measure(ds, nb)
-        for name, m in s.eval_metrics.items():
-            prefix = name.rsplit("/", 1)[0] + "/" if "/" in name else ""
-            if name[len(prefix):] == "_confusion":
-                self._per_class_report(np.asarray(m.result()), step, prefix=prefix)
-            elif name[len(prefix):] == "_labels":
-                self._per_label_report(np.asarray(m.result()), step, prefix=prefix)
+        result = self.run_eval(*self._eval_ds)
+        values = result.values()
+        for report in result.reports:
+            reports_lib.write(report, step=step, model_dir=self.model_dir, summaries=self.summaries)
         self.summaries.scalars("eval", step, values)
         summ.log(summ.log_line("eval", step=step, total=self.t.total_steps, values=values))
         self.last_eval = values
@@ -470,43 +461,14 @@ class Controller:
         self._dispatch("eval_end")
         return values
 
+    def run_eval(self, ds: Any, nb: int) -> EvalResult:
+        """The eval loop over `nb` batches of `ds` with the scored weights (EMA if any); no files, no hooks."""
+        with self.t.steps.scored_weights():
+            return self.t.steps.eval_loop(iter(ds), nb)
+
     def measure(self, ds: Any, nb: int) -> dict[str, float]:
         """Loss and metrics of `nb` batches of `ds` (with the EMA weights if any); no files, no hooks."""
-        s = self.t.steps
-        s.reset_eval_metrics()
-        with s.scored_weights():
-            s.eval_loop(iter(ds), nb)
-        values = s.loss_values(train=False)
-        for name, m in s.eval_metrics.items():
-            v = _scalar(m.result())
-            if v is not None:
-                values[name] = v
-        return values
-
-
-# Above this many classes (a byte-level language model has 257) the annotated confusion image
-# is unreadable and took ~70 s to draw; the per-class JSON and table are still written.
-_IMAGE_MAX_CLASSES = 50
-
-
-def per_class(cm: np.ndarray) -> dict[str, Any]:
-    """Per-class precision, recall, F1 and support from a [true, predicted] confusion matrix."""
-    tp = np.diag(cm)
-    pred = cm.sum(axis=0)
-    true = cm.sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(pred > 0, tp / np.maximum(pred, 1e-30), 0.0)
-        recall = np.where(true > 0, tp / np.maximum(true, 1e-30), 0.0)
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-30), 0.0)
-    return {"classes": [{"class": i, "precision": float(precision[i]), "recall": float(recall[i]),
-                         "f1": float(f1[i]), "support": float(true[i])} for i in range(len(tp))],
-            "confusion_matrix": cm.tolist()}
-
-
-def _scalar(value: Any) -> float | None:
-    """A metric result as a float, or None for non-scalar results (a confusion matrix)."""
-    arr = np.asarray(value)
-    return float(arr) if arr.ndim == 0 else None
+        return self.run_eval(ds, nb).values()
 
 
 def _next_multiple(step: int, every: int) -> int:

@@ -1,4 +1,4 @@
-"""Strategy from the runtime config, logical CPU devices, bounded TPU/multi-worker setup, XLA choice.
+"""Strategy from the runtime config, logical CPU devices, bounded TPU/multi-worker setup.
 
 Hardware that is absent fails clearly and quickly instead of hanging (docs/design.md#t8):
 
@@ -13,9 +13,7 @@ After such an error the process should exit soon, with `os._exit` if a normal ex
 (the caller's job): an expired TPU wait leaves a thread blocked inside TensorFlow, and a
 failed multi-worker setup leaves a half-initialized distributed context.
 
-`jit_allowed` resolves `trainer.jit_compile` (docs/design.md#t5): XLA on the replica function
-inside `strategy.run` fails under a multi-replica MirroredStrategy ("Trying to access resource
-... located in device CPU:1 from device CPU:0"), and on CPU it slows convolutions down.
+Whether XLA may run on the replica function is decided in `framework.jit` (docs/design.md#t5).
 """
 from __future__ import annotations
 
@@ -391,7 +389,7 @@ def make_strategy(runtime: RuntimeConfig) -> tf.distribute.Strategy:
     return _tpu(runtime)
 
 
-def _name(strategy: tf.distribute.Strategy) -> str:
+def strategy_name(strategy: tf.distribute.Strategy) -> str:
     """The public name of the strategy's class (MultiWorkerMirroredStrategy, not its alias)."""
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return "MultiWorkerMirroredStrategy"
@@ -404,53 +402,11 @@ def describe(strategy: tf.distribute.Strategy) -> str:
         devices = tuple(strategy.extended.worker_devices)
     except (RuntimeError, AttributeError, ValueError):
         devices = ()
-    return (f"{_name(strategy)}: {strategy.num_replicas_in_sync} replica(s) in sync"
+    return (f"{strategy_name(strategy)}: {strategy.num_replicas_in_sync} replica(s) in sync"
             + (f" on {', '.join(devices)}" if devices else ""))
 
 
-def _multi_replica(strategy: tf.distribute.Strategy) -> bool:
+def multi_replica(strategy: tf.distribute.Strategy) -> bool:
+    """Whether `strategy` is a (MultiWorker)Mirrored strategy with more than one replica."""
     mirrored = isinstance(strategy, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy))
     return mirrored and strategy.num_replicas_in_sync > 1
-
-
-def jit_allowed(strategy: tf.distribute.Strategy, requested: bool | str, *,
-                model_has_conv: bool) -> tuple[bool, str]:
-    """Resolves `trainer.jit_compile` (true | false | "auto") for this strategy and model.
-
-    Args:
-      strategy: the strategy the replica function runs under.
-      requested: the config value.
-      model_has_conv: whether the model has convolution layers (XLA slows them on CPU).
-
-    Returns:
-      (use XLA on the replica function, reason to log).
-
-    Raises:
-      ValueError: `true` under a Mirrored / MultiWorkerMirrored strategy with > 1 replica, where
-        XLA on the replica function fails (docs/design.md#t5: variables on another device), or a value
-        other than true / false / "auto".
-    """
-    name = _name(strategy)
-    multi = _multi_replica(strategy)
-    if requested is True:
-        if multi:
-            raise ValueError(
-                f"trainer.jit_compile: XLA on the replica function fails under {name} with "
-                f"{strategy.num_replicas_in_sync} replicas (variables live on another device); use auto "
-                f"or false; got True")
-        return True, "trainer.jit_compile=true"
-    if requested is False:
-        return False, "trainer.jit_compile=false"
-    if requested != "auto":
-        raise ValueError(f"trainer.jit_compile: expected true | false | auto; got {requested!r}")
-    if multi:
-        return False, (f"jit_compile=auto -> off: XLA on the replica function fails under {name} with "
-                       f"{strategy.num_replicas_in_sync} replicas")
-    if isinstance(strategy, tf.distribute.TPUStrategy):
-        return False, "jit_compile=auto -> off: TPUStrategy compiles with XLA anyway"
-    on_gpu = bool(tf.config.list_physical_devices("GPU"))
-    if model_has_conv and not on_gpu:
-        return False, "jit_compile=auto -> off: XLA measured slower for convolutions on CPU"
-    if model_has_conv:
-        return True, "jit_compile=auto -> on: convolutions on GPU"
-    return True, f"jit_compile=auto -> on: no convolutions ({'GPU' if on_gpu else 'CPU'})"

@@ -51,10 +51,9 @@ def run(trainer: Any, *, model_dir: str, min_lr: float = 1e-7, max_lr: float = 1
         t.lr_factor.assign(lr / sched if sched > 0 else 0.0)
         if sched <= 0:
             t.lr_factor.assign(lr / max(t.cfg.optimizer.learning_rate, 1e-30))
-        t.steps.reset_train_metrics()
-        t.steps.train_loop(it, 1, active)
-        loss = float(t.steps.loss_mean.result())
-        if bool(t.steps.halt.numpy()) or not math.isfinite(loss):
+        result = t.steps.train_loop(it, 1, active)
+        loss = result.loss
+        if result.halted or not math.isfinite(loss):
             break
         avg = beta * avg + (1 - beta) * loss
         smooth = avg / (1 - beta ** (i + 1))

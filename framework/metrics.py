@@ -514,6 +514,20 @@ def _multilabel_scores(tp: Any, fp: Any, fn: Any) -> dict[str, Any]:
     return {"precision": precision, "recall": recall, "f1": tf.math.divide_no_nan(2.0 * tp, 2.0 * tp + fp + fn)}
 
 
+def per_class(cm: np.ndarray) -> dict[str, Any]:
+    """Per-class precision, recall, F1 and support from a [true, predicted] confusion matrix."""
+    tp = np.diag(cm)
+    pred = cm.sum(axis=0)
+    true = cm.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(pred > 0, tp / np.maximum(pred, 1e-30), 0.0)
+        recall = np.where(true > 0, tp / np.maximum(true, 1e-30), 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-30), 0.0)
+    return {"classes": [{"class": i, "precision": float(precision[i]), "recall": float(recall[i]),
+                         "f1": float(f1[i]), "support": float(true[i])} for i in range(len(tp))],
+            "confusion_matrix": cm.tolist()}
+
+
 def per_label(counts: np.ndarray) -> list[dict[str, float]]:
     """Per-label precision, recall, F1 and (weighted) support from `MultilabelCounts.result()`."""
     tp, fp, fn = (np.asarray(c, np.float64) for c in counts)

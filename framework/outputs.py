@@ -132,14 +132,51 @@ def _is_multilabel(loss_name: str, out: Any, label_spec: Any) -> bool:
     return shape is not None and shape.rank is not None and shape.rank >= 1 and shape[-1] == _units(out)
 
 
-def build_metrics(task: Any, heads: list[Head]) -> tuple[dict, dict]:
-    """(train metrics, eval metrics) keyed by logged name (call inside the strategy scope).
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """A per-output report written after each evaluation, with the metric that accumulates it.
 
-    Eval metrics also hold, per classification output, `<prefix>_confusion` (the per-class
-    report) or `<prefix>_labels` (multi-label: the per-label report).
+    Attributes:
+      key: the output (None: a single-output model).
+      kind: "per_class" (a [true, predicted] confusion matrix: `eval_per_class.json`) or
+        "per_label" (multi-label counts: `eval_per_label.json`).
+      metric: `metrics.ConfusionMatrix` or `metrics.MultilabelCounts`.
+    """
+
+    key: str | None
+    kind: str
+    metric: Any
+
+    @property
+    def prefix(self) -> str:
+        """`<output>/` for a model with several outputs, else empty (as `Head.prefix`)."""
+        return "" if self.key is None else f"{self.key}/"
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadMetrics:
+    """Every metric of a run's heads.
+
+    Attributes:
+      train: training metrics keyed by logged name (`<output>/<metric>` for several outputs).
+      eval: eval metrics keyed by logged name.
+      reports: one `Report` per classification output (its own metric, not in `eval`).
+    """
+
+    train: dict
+    eval: dict
+    reports: tuple[Report, ...]
+
+
+def build_metrics(task: Any, heads: list[Head]) -> HeadMetrics:
+    """Train and eval metrics keyed by logged name, and the reports (call inside the strategy scope).
+
+    Every classification output has a report: per class (a confusion matrix), or per label for
+    a multi-label output.
     """
     train: dict = {}
     evals: dict = {}
+    reports: list[Report] = []
     for h in heads:
         if isinstance(task.metrics, dict):
             names = list(task.metrics.get(h.key, []))
@@ -150,13 +187,12 @@ def build_metrics(task: Any, heads: list[Head]) -> tuple[dict, dict]:
                                       multilabel=h.multilabel)
             target.update({f"{h.prefix}{k}": m for k, m in built.items()})
         if h.multilabel:
-            evals[f"{h.prefix}_labels"] = metrics_lib.MultilabelCounts(
-                num_labels=h.units, from_logits=h.from_logits, name=f"{h.prefix}_labels")
-        elif h.classification and f"{h.prefix}_confusion" not in evals:
-            # Always kept for the per-class report written after each evaluation.
-            evals[f"{h.prefix}_confusion"] = metrics_lib.ConfusionMatrix(
-                num_classes=max(h.units, 2), from_logits=h.from_logits, name=f"{h.prefix}_confusion")
-    return train, evals
+            reports.append(Report(key=h.key, kind="per_label", metric=metrics_lib.MultilabelCounts(
+                num_labels=h.units, from_logits=h.from_logits, name=f"{h.prefix}label_counts")))
+        elif h.classification:
+            reports.append(Report(key=h.key, kind="per_class", metric=metrics_lib.ConfusionMatrix(
+                num_classes=max(h.units, 2), from_logits=h.from_logits, name=f"{h.prefix}confusion_matrix")))
+    return HeadMetrics(train=train, eval=evals, reports=tuple(reports))
 
 
 def dummy_features(x_spec: Any) -> Any:

@@ -1,13 +1,11 @@
-"""Compiled code only: the per-replica train/eval step and the inner loop of K steps.
+"""Compiled code: the per-replica train and eval step, and `Steps`, which assembles a run's loops.
 
 The gradient pipeline is docs/design.md#2-the-gradient-pipeline. Per replica: forward with training=True,
 per-example loss x sample and class weights averaged over the GLOBAL batch plus regularization
 scaled by 1/replicas; (fp16) loss scaling; gradients; one cross-replica SUM (the true mean
 gradient); accumulation over micro-batches; clipping of the aggregated gradient; then one
-`merge_call` into cross-replica context where every active variable is updated with its own
-learning rate. The update runs there because Keras's optimizer would sum across replicas a
-second time in replica context, and because a synchronization point inside a `tf.cond` in
-replica context fails ("merge_call called while defining a new graph").
+`merge_call` into cross-replica context where `update.Update` applies every active variable
+with its own learning rate and `nonfinite.NonFinitePolicy` records the step.
 
 Several outputs (a dict or list of model outputs, labels keyed by output name) each have their
 loss; the trained loss is their weighted sum. A sequence output (a loss with one value per
@@ -16,25 +14,29 @@ mask are excluded, and the loss is the mean over the real tokens of the global b
 replicas and micro-batches). Its gradient is taken of the token sum and divided by the global
 token count once that count is all-reduced.
 
-No logging, file I/O or NumPy here: the controller reads results once per inner loop.
+The loops themselves are built in `framework.loops`; the EMA in `framework.ema`; what XLA
+covers is `framework.jit`'s plan. No logging, file I/O or NumPy in compiled code: `train_loop`
+and `eval_loop` return their results once per call (`results.LoopResult` / `EvalResult`).
 """
 from __future__ import annotations
 
 import collections
 import contextlib
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import keras
 import tensorflow as tf
 
 from framework import layers as layers_lib
+from framework import loops
+from framework import results as results_lib
 from framework.config import ClipConfig
+from framework.ema import Ema
+from framework.jit import JitPlan
+from framework.nonfinite import NonFinitePolicy
 from framework.optim import clipping
-
-_GROWTH_INTERVAL = 2000  # finite fp16 steps before the loss scale doubles (Keras's default)
-# A step whose applied gradient has a norm at or above sqrt(float32 max) is not applied: its
-# squares overflow in every optimizer that keeps second moments (Adam's `v` would become inf).
-_MAX_APPLIED_NORM = 1.8e19
+from framework.outputs import Report
+from framework.update import Update, writes_through_assign
 
 
 def _match_labels(y: tf.Tensor, pred: tf.Tensor) -> tf.Tensor:
@@ -86,30 +88,6 @@ def _dense(g: Any) -> Any:
     return tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
 
 
-def _all_finite(tensors: Sequence[tf.Tensor | None]) -> tf.Tensor:
-    checks = [tf.reduce_all(tf.math.is_finite(t)) for t in tensors if t is not None]
-    return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
-
-
-def _native(v: Any) -> Any:
-    """The TensorFlow variable behind a Keras variable (itself otherwise)."""
-    return v.value if isinstance(v, keras.Variable) else v
-
-
-def _put(var: Any, value: Any, gate: tf.Tensor | None) -> None:
-    """var := value, or only where `gate` is True (a select instead of a conditional)."""
-    var.assign(value if gate is None else tf.where(gate, tf.cast(value, var.dtype), var))
-
-
-def _writes_through_assign(optimizer: keras.optimizers.Optimizer) -> bool:
-    """True for optimizers whose `update_step` writes state only via `self.assign`,
-    `self.assign_add` and `self.assign_sub` (Keras's documented convention, kept by all of
-    Keras's optimizers but Muon and by the framework's own). Others, such as a user's
-    optimizer that calls `variable.assign` itself, keep the conditional update."""
-    module = type(optimizer).__module__
-    return (module.startswith("keras.") and ".muon" not in module) or module == "framework.optim.optimizers"
-
-
 @contextlib.contextmanager
 def _replica_seeds(model: keras.Model):
     """While tracing a replica's forward pass under N > 1 replicas: every Keras SeedGenerator
@@ -136,38 +114,29 @@ def _replica_seeds(model: keras.Model):
             del sg.next
 
 
-@contextlib.contextmanager
-def _gated_writes(optimizer: keras.optimizers.Optimizer, gate: tf.Tensor):
-    """While tracing: the optimizer's writes change each variable only where `gate` is True."""
-    def assign(variable: Any, value: Any) -> None:
-        v = _native(variable)
-        if isinstance(value, tf.IndexedSlices):
-            kept = tf.gather(v, value.indices)
-            v.scatter_update(tf.IndexedSlices(tf.where(gate, tf.cast(value.values, v.dtype), kept),
-                                              value.indices, value.dense_shape))
-        else:
-            _put(v, value, gate)
-
-    def add(variable: Any, value: Any, sign: float = 1.0) -> None:
-        v = _native(variable)
-        if isinstance(value, tf.IndexedSlices):
-            vals = tf.cast(value.values, v.dtype) * sign
-            v.scatter_add(tf.IndexedSlices(tf.where(gate, vals, tf.zeros_like(vals)), value.indices,
-                                           value.dense_shape))
-        else:
-            value = tf.cast(value, v.dtype)
-            _put(v, v + value if sign > 0 else v - value, gate)
-
-    optimizer.assign, optimizer.assign_add = assign, add
-    optimizer.assign_sub = lambda variable, value: add(variable, value, -1.0)
-    try:
-        yield
-    finally:  # the class's methods again
-        del optimizer.assign, optimizer.assign_add, optimizer.assign_sub
-
-
 class Steps:
-    """Builds and caches the compiled train and eval loops of one run.
+    """The compiled train and eval loops of one run and the replica code they run.
+
+    Args:
+      strategy: the run's strategy (every variable here is created in its scope).
+      model: the built model.
+      loss_fn: the loss, or {output: loss} for several outputs.
+      optimizer: the built optimizer.
+      variables: the trainable variables (indices of `active`).
+      weight_decays, lr_multipliers, schedule, lr_factor: the update rule (`update.Update`).
+      global_step: the step counter the loops advance.
+      global_batch: examples per global batch (per micro-batch).
+      train_metrics, eval_metrics: metrics by logged name.
+      reports: the per-class / per-label reports measured by the eval loop.
+      clip: gradient clipping.
+      group_of, num_groups: the parameter group of every variable, and how many groups.
+      accumulation_steps: micro-batches per step.
+      class_weights: per-class loss weights (a vector, or per output).
+      nonfinite, loss_scaling, initial_loss_scale: `nonfinite.NonFinitePolicy`.
+      ema_decay: the EMA's decay (None: no EMA).
+      jit: where XLA runs (`jit.plan`).
+      loss_weights: the weight of every output's loss (several outputs).
+      output_names: the model's output names (several outputs).
 
     All state that a resume needs and that lives here (counters, loss scale, EMA weights)
     is exposed by `state()` for the checkpoint.
@@ -179,11 +148,10 @@ class Steps:
                  schedule: Callable[[tf.Tensor], tf.Tensor], lr_factor: tf.Variable,
                  global_step: tf.Variable, global_batch: int, train_metrics: Mapping[str, Any],
                  eval_metrics: Mapping[str, Any], clip: ClipConfig, group_of: Sequence[int],
-                 num_groups: int, accumulation_steps: int = 1,
+                 num_groups: int, reports: Sequence[Report] = (), accumulation_steps: int = 1,
                  class_weights: Sequence[float] | None = None, nonfinite: str = "terminate",
                  loss_scaling: bool = False, initial_loss_scale: float = 32768.0,
-                 ema_decay: float | None = None, jit_compile: bool = False,
-                 inject_nonfinite_at: int | None = None, xla_group_steps: int = 1,
+                 ema_decay: float | None = None, jit: JitPlan = JitPlan(),
                  loss_weights: Mapping[str, float] | None = None, output_names: Sequence[str] = ()) -> None:
         self.strategy = strategy
         self.model = model
@@ -196,101 +164,65 @@ class Steps:
         self.output_names = list(output_names)
         self.optimizer = optimizer
         self.variables = list(variables)
-        self.weight_decays = [float(w) for w in weight_decays]
-        self.lr_multipliers = lr_multipliers
-        self.schedule = schedule
-        self.lr_factor = lr_factor
         self.global_step = global_step
         self.global_batch = global_batch
-        self.train_metrics = dict(train_metrics)
-        self.eval_metrics = dict(eval_metrics)
         self.clip = clip
         self.group_of = list(group_of)
-        self.num_groups = num_groups
         self.accumulation_steps = accumulation_steps
         if isinstance(class_weights, Mapping):
             self.class_weights = {k: [float(c) for c in v] for k, v in class_weights.items() if v is not None}
         else:
             self.class_weights = None if class_weights is None else [float(c) for c in class_weights]
-        self.nonfinite = nonfinite
-        self.loss_scaling = loss_scaling
-        self.ema_decay = ema_decay
-        self.jit_compile = jit_compile
-        # With XLA over the whole step on one device: steps per XLA call (amortizes the launch;
-        # only for models whose XLA while loop is fast, see trainer.build).
-        self.xla_group_steps = max(1, int(xla_group_steps)) if self._whole_step_xla() else 1
-        # Under whole-step XLA a skipped step is a select in every write, not a conditional.
-        self.gated_update = self._whole_step_xla() and _writes_through_assign(optimizer)
-        # Test hook (never set from config): make the loss of this global step non-finite.
-        self.inject_nonfinite_at = inject_nonfinite_at
+        self.jit = jit
+        self.reports = tuple(reports)
         self.traces: collections.Counter = collections.Counter()
         self._train_fns: dict[tuple, Any] = {}
         self._eval_fn = None
-        self._scored_depth = 0  # nesting of `scored_weights()` blocks
+        keys = [k for k, _, _ in self.outputs if k is not None]
         with strategy.scope():
-            self.loss_mean = keras.metrics.Mean(name="loss")
-            self.eval_loss_mean = keras.metrics.Mean(name="loss")
-            # Per-output (unweighted) losses of a multi-output model: "<output>/loss".
-            multi = self.outputs[0][0] is not None
-            self.output_loss_means = {k: keras.metrics.Mean(name=f"{k}/loss") for k, _, _ in self.outputs} \
-                if multi else {}
-            self.eval_output_loss_means = {k: keras.metrics.Mean(name=f"{k}/loss") for k, _, _ in self.outputs} \
-                if multi else {}
-            self.stat_means = {k: keras.metrics.Mean(name=k) for k in
-                               ["grad_norm", "grad_norm_clipped", "clipped_fraction"] +
-                               [f"grad_norm/{i}" for i in range(num_groups)]}
-            self.halt = tf.Variable(False, trainable=False, name="halt")
-            self.nonfinite_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="nonfinite_steps")
-            self.nonfinite_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="nonfinite_step")
-            self.nonfinite_loss = tf.Variable(False, trainable=False, name="nonfinite_loss")
-            self.loss_scale = tf.Variable(initial_loss_scale if loss_scaling else 1.0, dtype=tf.float32,
-                                          trainable=False, name="loss_scale")
-            self.good_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="good_steps")
-            # The learning rate of every variable at the last step run (what the log reports).
-            self.last_lr = tf.Variable(tf.zeros([len(self.variables)]), trainable=False, name="last_lr")
-            self.ema = None
-            if ema_decay is not None:
-                self.ema = []
-                for v in self.variables:
-                    tv = _native(v)
-                    with strategy.extended.colocate_vars_with(tv):
-                        self.ema.append(tf.Variable(tv.read_value(), trainable=False,
-                                                    name=f"ema/{v.path.replace('/', '_')}"))
+            self.train_meters = results_lib.TrainMeters(metrics=train_metrics, output_keys=keys,
+                                                        num_groups=num_groups)
+            self.eval_meters = results_lib.EvalMeters(metrics=eval_metrics, output_keys=keys, reports=self.reports)
+            self.policy = NonFinitePolicy(policy=nonfinite, loss_scaling=loss_scaling,
+                                          initial_loss_scale=initial_loss_scale)
+            self.ema = None if ema_decay is None else Ema(strategy=strategy, variables=self.variables,
+                                                          decay=ema_decay)
+            # Under whole-step XLA a skipped step is a select in every write, not a conditional.
+            self.update = Update(optimizer=optimizer, variables=self.variables, weight_decays=weight_decays,
+                                 lr_multipliers=lr_multipliers, schedule=schedule, lr_factor=lr_factor,
+                                 ema=self.ema, gated=jit.whole_step and writes_through_assign(optimizer))
 
     # ------------------------------------------------------------------ state
 
     def state(self) -> dict[str, Any]:
         """Variables of this module that a checkpoint must hold for an exact resume."""
-        out = {"nonfinite_steps": self.nonfinite_steps, "loss_scale": self.loss_scale,
-               "good_steps": self.good_steps}
+        out = dict(self.policy.state())
         if self.ema is not None:
-            out["ema"] = list(self.ema)
+            out["ema"] = self.ema.state()
         return out
 
-    def reset_train_metrics(self) -> None:
-        """Resets the loss, gradient statistics and training metrics (before each inner loop)."""
-        for m in [self.loss_mean, *self.stat_means.values(), *self.train_metrics.values(),
-                  *self.output_loss_means.values()]:
-            m.reset_state()
+    @property
+    def jit_compile(self) -> bool:
+        """Whether any part of the step runs under XLA (`self.jit.enabled`)."""
+        return self.jit.enabled
 
-    def reset_eval_metrics(self) -> None:
-        """Resets the eval loss and metrics (before each evaluation)."""
-        for m in [self.eval_loss_mean, *self.eval_metrics.values(), *self.eval_output_loss_means.values()]:
-            m.reset_state()
+    @property
+    def xla_group_steps(self) -> int:
+        """Optimizer steps per XLA call (`self.jit.group_steps`)."""
+        return self.jit.group_steps
 
-    def loss_values(self, *, train: bool) -> dict[str, float]:
-        """`loss` (the weighted total) and, for several outputs, `<output>/loss` (unweighted)."""
-        means = self.output_loss_means if train else self.eval_output_loss_means
-        if not means:
-            return {"loss": float((self.loss_mean if train else self.eval_loss_mean).result())}
-        per = {f"{k}/loss": float(means[k].result()) for k, _, _ in self.outputs}
-        total = float(self.loss_mean.result()) if train else \
-            sum(w * per[f"{k}/loss"] for k, _, w in self.outputs)
-        return {"loss": total, **per}
+    @property
+    def gated_update(self) -> bool:
+        """Whether a skipped step is a select in every write (`update.Update.gated`)."""
+        return self.update.gated
 
     def metric_output(self, name: str) -> str | None:
         """The output a metric reads: the `<output>/` prefix of its name (several outputs)."""
         return name.split("/", 1)[0] if self.outputs[0][0] is not None else None
+
+    def loss_weights(self) -> dict[str, float]:
+        """The weight of every output's loss (several outputs; empty for one)."""
+        return {k: w for k, _, w in self.outputs if k is not None}
 
     # ------------------------------------------------------------------ replica code
 
@@ -382,7 +314,7 @@ class Steps:
             if self.model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n([tf.cast(r, tf.float32) for r in self.model.losses]))
             static = len(token_sums) < len(self.outputs) or bool(self.model.losses)
-            scale = self.loss_scale if self.loss_scaling else 1.0
+            scale = self.policy.scale()
             lws = {k: lw for k, _, lw in self.outputs}
             scaled = {k: v * (lws[k] * scale) for k, v in token_sums.items()}
             scaled_loss = loss * scale
@@ -396,13 +328,17 @@ class Steps:
         # moment updates regardless; the cost is one table-sized add per step and micro-batch.
         grads = [_dense(g) for g in grads]
         token_grads = {k: [_dense(g) for g in gs] for k, gs in token_grads.items()}
-        if self.loss_scaling:
-            grads = [None if g is None else tf.cast(g, tf.float32) / self.loss_scale for g in grads]
-            token_grads = {k: [_scale_grad(g, 1.0 / self.loss_scale) for g in gs] for k, gs in token_grads.items()}
+        if self.policy.loss_scaling:
+            ls = self.policy.loss_scale
+            grads = [None if g is None else tf.cast(g, tf.float32) / ls for g in grads]
+            token_grads = {k: [_scale_grad(g, 1.0 / ls) for g in gs] for k, gs in token_grads.items()}
         return dict(loss=loss, token_sums=token_sums, token_counts=token_counts, preds=preds, labels=labels,
                     weights=weights, grads=grads, token_grads=token_grads, output_losses=output_losses)
 
-    def _replica_train(self, batches: Sequence[Any], active: tuple[int, ...], step: tf.Tensor) -> None:
+    def _replica_grads(self, batches: Sequence[Any], active: tuple[int, ...]) -> tuple:
+        """This replica's share of the loss, its gradients (accumulated over the micro-batches,
+        token-level outputs normalised by the global token count) and its per-output losses;
+        updates the training metrics."""
         ctx = tf.distribute.get_replica_context()
         n = len(batches)
         total_loss = tf.constant(0.0)
@@ -413,7 +349,7 @@ class Steps:
         for x, y, w in batches:  # accumulation micro-batches (Python-unrolled; n is small)
             out = compute(x, y, w)
             loss, grads = out["loss"], out["grads"]
-            for name, m in self.train_metrics.items():
+            for name, m in self.train_meters.metrics.items():
                 k = self.metric_output(name)
                 m.update_state(out["labels"][k], out["preds"][k], sample_weight=out["weights"][k])
             total_loss += loss
@@ -437,10 +373,13 @@ class Steps:
                 output_losses[k] = tokens[k][0] * inv
                 total_loss += lws[k] * output_losses[k]
                 acc = _add_grads(acc, [_scale_grad(g, inv) for g in tokens[k][2]])
-        if self.inject_nonfinite_at is not None:
-            bad = tf.equal(step, self.inject_nonfinite_at)
-            total_loss = tf.where(bad, tf.constant(float("nan")), total_loss)
-            acc = [None if g is None else tf.where(bad, tf.fill(tf.shape(g), float("nan")), g) for g in acc]
+        return total_loss, acc, output_losses
+
+    def _replica_train(self, batches: Sequence[Any], active: tuple[int, ...], step: tf.Tensor) -> None:
+        """One optimizer step on this replica: local gradients, one cross-replica sum, clipping,
+        the meters, then the update in cross-replica context."""
+        ctx = tf.distribute.get_replica_context()
+        total_loss, acc, output_losses = self._replica_grads(batches, active)
         # One cross-replica sum: after the global-batch averaging above it is the true mean
         # gradient. Everything below is identical on every replica.
         acc = ctx.all_reduce(tf.distribute.ReduceOp.SUM, acc)
@@ -448,24 +387,15 @@ class Steps:
         loss_ok = tf.math.is_finite(global_loss)
         groups = [self.group_of[i] for i in active]
         clipped, stats = clipping.clip_gradients(acc, groups=groups, clip=self.clip)
-        # A finite global norm (of the unclipped gradients) implies finite gradients: the full
-        # elementwise check, another pass over every gradient, runs only when it is not (a norm
-        # beyond float32 of finite gradients is inf too). The decision is also made on what is
-        # applied: the clipped gradients must be finite with a norm whose square is a float32.
-        grads_ok = tf.cond(tf.math.is_finite(stats["grad_norm"]), lambda: tf.constant(True),
-                           lambda: _all_finite(acc))
-        grads_ok = tf.logical_and(grads_ok, stats["grad_norm_clipped"] < _MAX_APPLIED_NORM)
-        self.loss_mean.update_state(global_loss)
-        if self.output_loss_means:
-            keys = list(self.output_loss_means)
+        grads_ok = self.policy.grads_ok(acc, stats)
+        meters = self.train_meters
+        meters.loss.update_state(global_loss)
+        if meters.output_losses:
+            keys = list(meters.output_losses)
             values = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [output_losses[k] for k in keys])
             for k, v in zip(keys, values):
-                self.output_loss_means[k].update_state(v)
-        for k, v in stats.items():
-            if k == "clipped":
-                self.stat_means["clipped_fraction"].update_state(v)
-            elif k in self.stat_means:
-                self.stat_means[k].update_state(v)
+                meters.output_losses[k].update_state(v)
+        meters.update_stats(stats)
         ctx.merge_call(self._cross_replica_apply, args=(clipped, loss_ok, grads_ok, active, step))
 
     def _cross_replica_apply(self, strategy: tf.distribute.Strategy, grads: Sequence[Any], loss_ok: Any,
@@ -474,205 +404,75 @@ class Steps:
         loss_ok = local(loss_ok)[0]
         grads_ok = local(grads_ok)[0]
         ok = tf.logical_and(loss_ok, grads_ok)
-        base_lr = tf.cast(self.schedule(step), tf.float32) * self.lr_factor
-        lrs = base_lr * self.lr_multipliers
-        opt = self.optimizer
-
-        def update(gate: tf.Tensor | None = None) -> tf.Tensor:
-            for j, i in enumerate(active):
-                g = grads[j]
-                if g is None:
-                    continue
-                var = self.variables[i]
-                tv = _native(var)
-                lr = lrs[i]
-                wd = self.weight_decays[i]
-                constraint = getattr(var, "constraint", None)
-
-                def fn(v, g, lr=lr, wd=wd, constraint=constraint):
-                    if wd:
-                        _put(v, v - v * tf.cast(wd * lr, v.dtype), gate)  # decoupled (AdamW-style)
-                    opt.update_step(g, v, tf.cast(lr, v.dtype))
-                    if constraint is not None:
-                        _put(v, constraint(v), gate)
-
-                strategy.extended.update(tv, fn, args=(g,), group=False)
-            iterations = _native(opt.iterations)
-            _put(iterations, iterations + 1, gate)
-            if self.ema is not None:
-                d = tf.constant(self.ema_decay, tf.float32)
-                for e, i in zip(self.ema, range(len(self.variables))):
-                    src = _native(self.variables[i])
-                    strategy.extended.update(e, lambda ev, sv: _put(ev, d * ev + (1.0 - d) * sv, gate),
-                                             args=(src,), group=False)
-            return tf.constant(True)
-
         # `live` is False only for the remaining steps of an XLA group after a halt (see
-        # `_make_train_loop`): they change no state. Elsewhere a step never starts halted.
-        live = tf.logical_not(self.halt)
-        apply = tf.logical_and(ok, live)
-        self.last_lr.assign(tf.where(live, lrs, self.last_lr))
-        if self.gated_update:
-            # Under whole-step XLA a conditional around the update cost 4-9% of the MLP step
-            # (ablation `cond_update`: the weights and slots it writes leave the conditional as
-            # copies). A select fused into each elementwise write is close to free and, when
-            # `apply` is False, leaves every variable as it was, as the conditional did.
-            # `_writes_through_assign` says which optimizers qualify.
-            with _gated_writes(opt, apply):
-                update(apply)
-        else:
-            tf.cond(apply, update, lambda: tf.constant(False))
-        if self.loss_scaling:
-            # Dynamic loss scaling: halve on overflow, double after a run of finite steps.
-            grow = tf.logical_and(ok, self.good_steps + 1 >= _GROWTH_INTERVAL)
-            scale = tf.where(ok, tf.where(grow, self.loss_scale * 2.0, self.loss_scale),
-                             tf.maximum(self.loss_scale / 2.0, 1.0))
-            good = tf.where(ok, tf.where(grow, tf.constant(0, tf.int64), self.good_steps + 1),
-                            tf.constant(0, tf.int64))
-            self.loss_scale.assign(tf.where(live, scale, self.loss_scale))
-            self.good_steps.assign(tf.where(live, good, self.good_steps))
-            # A gradient overflow under fp16 is routine: skipped and counted, never a policy hit.
-            policy_hit = tf.logical_not(loss_ok)
-        else:
-            policy_hit = tf.logical_not(ok)
-        self.nonfinite_steps.assign_add(tf.cast(tf.logical_and(tf.logical_not(ok), live), tf.int64))
-        if self.nonfinite != "skip":
-            hit = tf.logical_and(policy_hit, live)
-            self.halt.assign(tf.logical_or(self.halt, hit))
-            self.nonfinite_step.assign(tf.where(hit, step, self.nonfinite_step))
-            self.nonfinite_loss.assign(tf.where(live, tf.logical_not(loss_ok), self.nonfinite_loss))
-
-    def _whole_step_xla(self) -> bool:
-        """XLA over the whole step (forward, backward, statistics, update): one device, no
-        Mirrored / MultiWorkerMirrored (docs/design.md#t5) or TPU strategy (it compiles by itself); there
-        only the forward and backward pass are given to XLA, as before."""
-        other = (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.TPUStrategy)
-        return bool(self.jit_compile) and self.strategy.num_replicas_in_sync == 1 and \
-            not isinstance(self.strategy, other)
+        # `loops`): they change no state. Elsewhere a step never starts halted.
+        live = self.policy.live()
+        self.update.apply(strategy, grads, active, step, apply=tf.logical_and(ok, live), live=live)
+        self.policy.record(ok=ok, loss_ok=loss_ok, live=live, step=step)
 
     def _compute_fn(self, active: tuple[int, ...]) -> Callable:
         def compute(x, y, w):
             return self._forward_backward(x, y, w, active)
-        if self.jit_compile and not self._whole_step_xla():
+        if self.jit.forward_backward:
             return tf.function(compute, jit_compile=True, autograph=False)
         return compute
 
+    @tf.autograph.experimental.do_not_convert  # as the train step (see loops.build_train_loop)
+    def _replica_eval(self, batch: Any) -> None:
+        x, y, w = batch
+        pred = self.model(x, training=False)
+        preds, labels, weights = {}, {}, {}
+        meters = self.eval_meters
+        for key, loss_fn, _ in self.outputs:
+            values, vw, preds[key], labels[key], weights[key] = self._eval_terms(key, loss_fn, pred, y, w)
+            (meters.output_losses.get(key) or meters.loss).update_state(values, sample_weight=vw)
+        for name, m in meters.metrics.items():
+            k = self.metric_output(name)
+            m.update_state(labels[k], preds[k], sample_weight=weights[k])
+        for r in self.reports:
+            r.metric.update_state(labels[r.key], preds[r.key], sample_weight=weights[r.key])
+
     # ------------------------------------------------------------------ loops
 
-    def train_loop(self, iterator: Any, num_steps: tf.Tensor, active: Sequence[int]) -> Any:
-        """Runs up to `num_steps` optimizer steps in one compiled call; returns steps done.
+    def train_loop(self, iterator: Any, num_steps: Any, active: Sequence[int]) -> results_lib.LoopResult:
+        """Runs up to `num_steps` optimizer steps in one compiled call; returns what it did.
 
         `active` lists the indices of the variables that train: the frozen set is part of the
-        trace, so a phase change costs one retrace and a shorter loop none.
+        trace, so a phase change costs one retrace and a shorter loop none. The loop's results
+        are copied to the host once, here.
         """
         key = tuple(active)
         fn = self._train_fns.get(key)
         if fn is None:
-            fn = self._make_train_loop(key)
+            fn = loops.build_train_loop(
+                strategy=self.strategy, replica_step=lambda batches, step: self._replica_train(batches, key, step),
+                global_step=self.global_step, policy=self.policy, meters=self.train_meters, update=self.update,
+                plan=self.jit, micro_batches=self.accumulation_steps, traces=self.traces)
             self._train_fns[key] = fn
-        return fn(iterator, tf.convert_to_tensor(num_steps, tf.int64))
+        out = fn(iterator, tf.convert_to_tensor(num_steps, tf.int64))
+        return results_lib.LoopResult.from_host(results_lib.fetch(out))
 
-    def _make_train_loop(self, active: tuple[int, ...]) -> Callable:
-        strategy = self.strategy
-        n_micro = self.accumulation_steps
-
-        # The step body is not converted by AutoGraph (as in Keras's own train step): it needs
-        # no Python control flow on tensors, and converting the model, optimizer and metrics
-        # code recursively made the first trace ~5x slower (measured: 2.1 s vs 0.4 s, MLP).
-        @tf.autograph.experimental.do_not_convert
-        def one_step(batches):
-            step = self.global_step.read_value()
-            strategy.run(self._replica_train, args=(batches, active, step))
-            self.global_step.assign_add(tf.where(self.halt, tf.constant(0, tf.int64), tf.constant(1, tf.int64)))
-
-        group = self.xla_group_steps
-        if not self._whole_step_xla() or group == 1:
-            # Under XLA with one step per call there is no XLA loop (an XLA loop around a conv
-            # layer ran ~50x slower on CPU: docs/design.md#t5): each step is one XLA call.
-            run_step = tf.function(one_step, jit_compile=True, autograph=False) if self._whole_step_xla() \
-                else one_step
-
-            @tf.function
-            def loop(iterator, num_steps):
-                self.traces["train"] += 1
-                self.halt.assign(False)
-                i = tf.constant(0, tf.int64)
-                while tf.logical_and(i < num_steps, tf.logical_not(self.halt)):
-                    run_step([next(iterator) for _ in range(n_micro)])
-                    i += 1
-                return i
-
-            return loop
-
-        # XLA over the whole step on one device. Up to `group` steps share one XLA call (one
-        # launch, one executable for any count): an XLA while loop over `count` stacked batches.
-        # Only the batches of the steps to run are fetched (the data position stays exact);
-        # unused slots repeat the last batch and are never read. A step after a halt inside the
-        # group changes no state (`live` in _cross_replica_apply); only the metrics of this
-        # abandoned loop may still move.
-        @tf.function(jit_compile=True, autograph=False)
-        def xla_steps(stacked, count):
-            def body(j):
-                one_step(tf.nest.map_structure(lambda t: t[j], stacked))
-                return (j + 1,)
-            tf.while_loop(lambda j: j < count, body, (tf.constant(0),))
-
-        @tf.function
-        def loop(iterator, num_steps):
-            self.traces["train"] += 1
-            self.halt.assign(False)
-            i = tf.constant(0, tf.int64)
-            while tf.logical_and(i < num_steps, tf.logical_not(self.halt)):
-                count = tf.minimum(num_steps - i, group)
-                fetched = [[next(iterator) for _ in range(n_micro)]]
-                for k in range(1, group):
-                    prev = fetched[-1]
-                    fetched.append(tf.cond(k < count, lambda: [next(iterator) for _ in range(n_micro)],
-                                           lambda prev=prev: prev))
-                xla_steps(tf.nest.map_structure(lambda *ts: tf.stack(ts), *fetched), tf.cast(count, tf.int32))
-                i += count
-            return i
-
-        return loop
-
-    def eval_loop(self, iterator: Any, num_batches: tf.Tensor) -> Any:
-        """Evaluates `num_batches` global batches in one compiled call."""
+    def eval_loop(self, iterator: Any, num_batches: Any) -> results_lib.EvalResult:
+        """Evaluates `num_batches` global batches in one compiled call; returns the results
+        (copied to the host once). Call inside `scored_weights()` to score the kept model."""
         if self._eval_fn is None:
-            strategy = self.strategy
+            self._eval_fn = loops.build_eval_loop(strategy=self.strategy, replica_eval=self._replica_eval,
+                                                  meters=self.eval_meters, traces=self.traces)
+        out = self._eval_fn(iterator, tf.convert_to_tensor(num_batches, tf.int64))
+        return results_lib.EvalResult.from_host(results_lib.fetch(out), loss_weights=self.loss_weights(),
+                                                reports=self.reports)
 
-            @tf.autograph.experimental.do_not_convert  # as the train step (see _make_train_loop)
-            def replica_eval(batch):
-                x, y, w = batch
-                pred = self.model(x, training=False)
-                preds, labels, weights = {}, {}, {}
-                for key, loss_fn, _ in self.outputs:
-                    values, vw, preds[key], labels[key], weights[key] = self._eval_terms(key, loss_fn, pred, y, w)
-                    (self.eval_output_loss_means.get(key) or self.eval_loss_mean).update_state(values, sample_weight=vw)
-                for name, m in self.eval_metrics.items():
-                    k = self.metric_output(name)
-                    m.update_state(labels[k], preds[k], sample_weight=weights[k])
+    def retrace(self) -> None:
+        """Drops the compiled loops: the next call traces again (after a change of the replica code)."""
+        self._train_fns.clear()
+        self._eval_fn = None
 
-            @tf.function
-            def loop(iterator, num_batches):
-                self.traces["eval"] += 1
-                for _ in tf.range(num_batches):
-                    strategy.run(replica_eval, args=(next(iterator),))
-                return num_batches
-
-            self._eval_fn = loop
-        return self._eval_fn(iterator, tf.convert_to_tensor(num_batches, tf.int64))
-
-    # ------------------------------------------------------------------ EMA swap
+    # ------------------------------------------------------------------ EMA
 
     def swap_ema(self) -> None:
-        """Exchanges model weights and EMA weights (call twice to swap back)."""
-        if self.ema is None:
-            return
-        for e, v in zip(self.ema, self.variables):
-            tv = _native(v)
-            tmp = tv.read_value()
-            tv.assign(e.read_value())
-            e.assign(tmp)
+        """Exchanges model weights and EMA weights (call twice to swap back; no-op without EMA)."""
+        if self.ema is not None:
+            self.ema.swap()
 
     def reset_ema(self) -> None:
         """Restarts the EMA from the model's current weights (no-op without EMA).
@@ -681,13 +481,10 @@ class Steps:
         weights loaded afterwards (`task.init_checkpoint`, early stopping's best weights) must
         become the average's starting point, or it keeps averaging towards random weights.
         """
-        if self.ema is None:
-            return
-        for e, v in zip(self.ema, self.variables):
-            e.assign(_native(v).read_value())
+        if self.ema is not None:
+            self.ema.reset()
 
-    @contextlib.contextmanager
-    def scored_weights(self) -> Iterator[None]:
+    def scored_weights(self) -> contextlib.AbstractContextManager[None]:
         """Within the block the model holds the weights that evaluation scores.
 
         The rule: the model that was scored is the model that is kept and exported. With
@@ -696,12 +493,4 @@ class Steps:
         nothing. Evaluation, early stopping's best weights, `best/` checkpoints and the export
         all read the model inside this block. Nested blocks swap only once.
         """
-        self._scored_depth += 1
-        if self._scored_depth == 1:
-            self.swap_ema()
-        try:
-            yield
-        finally:
-            self._scored_depth -= 1
-            if self._scored_depth == 0:
-                self.swap_ema()
+        return contextlib.nullcontext() if self.ema is None else self.ema.scored()

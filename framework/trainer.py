@@ -15,8 +15,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from framework import distribute as dist
-from framework import layers as layers_lib
+from framework import jit as jit_lib
 from framework import outputs as outputs_lib
 from framework import registry
 from framework.config import ExperimentConfig
@@ -25,10 +24,6 @@ from framework.optim import groups as groups_lib
 from framework.optim import optimizers as optimizers_lib
 from framework.optim import schedules as schedules_lib
 from framework.step import Steps
-
-# Steps per XLA call when the whole step is compiled (see `build`); measured in
-# benchmarks/overhead.py (MLP on CPU: ~7% faster than one step per call).
-_XLA_GROUP_STEPS = 8
 
 
 @dataclasses.dataclass
@@ -222,8 +217,7 @@ def class_weight_vector(spec: Any, labels: np.ndarray, num_classes: int) -> list
     return out
 
 
-def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, *,
-          inject_nonfinite_at: int | None = None) -> Trainer:
+def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy) -> Trainer:
     """Builds the run described by `cfg` under `strategy`."""
     t, tr, o = cfg.task, cfg.trainer, cfg.optimizer
     replicas = strategy.num_replicas_in_sync
@@ -291,7 +285,7 @@ def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, *,
         loss_fn = heads[0].loss_fn if heads[0].key is None else {h.key: h.loss_fn for h in heads}
         units = heads[0].units
         num_classes = units
-        train_metrics, eval_metrics = outputs_lib.build_metrics(t, heads)
+        head_metrics = outputs_lib.build_metrics(t, heads)
 
     class_weights = _check_labels(t, heads, train_source, eval_source, n_train, known=checked.labels)
 
@@ -314,25 +308,19 @@ def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, *,
         lr_multipliers = tf.Variable(table.multipliers(group_multipliers=group_mults, layer_decay=o.layer_decay),
                                      trainable=False, name="lr_multipliers")
     schedule = schedules_lib.build(o, total_steps=max(total_steps, 1))
-    has_conv = _has_conv(model)
-    jit, reason = dist.jit_allowed(strategy, tr.jit_compile, model_has_conv=has_conv)
-    # Under XLA on one device several steps share one XLA call (a compiled while loop over the
-    # fetched batches), except around convolutions: an XLA loop around a conv layer ran ~50x
-    # slower on CPU (docs/design.md#t5).
-    group = _XLA_GROUP_STEPS if jit and not has_conv else 1
-    if train_padding is not None and (train_padding.boundaries or train_padding.max_length is None):
-        group = 1  # batches of different lengths cannot be stacked into one XLA call
+    plan = jit_lib.plan(strategy, tr.jit_compile, model, train_padding)
     steps = Steps(strategy=strategy, model=model, loss_fn=loss_fn, optimizer=optimizer, variables=variables,
                   weight_decays=table.weight_decays(default=wd_default), lr_multipliers=lr_multipliers,
                   schedule=schedule, lr_factor=lr_factor, global_step=global_step,
-                  global_batch=t.train_data.batch_size, train_metrics=train_metrics, eval_metrics=eval_metrics,
+                  global_batch=t.train_data.batch_size, train_metrics=head_metrics.train,
+                  eval_metrics=head_metrics.eval, reports=head_metrics.reports,
                   clip=o.clip, group_of=table.group_of, num_groups=len(table.groups),
                   accumulation_steps=o.accumulation_steps, class_weights=class_weights,
                   nonfinite=tr.nonfinite, loss_scaling=cfg.runtime.precision == "mixed_float16",
-                  initial_loss_scale=cfg.runtime.initial_loss_scale, ema_decay=tr.ema_decay,
-                  jit_compile=jit, inject_nonfinite_at=inject_nonfinite_at, xla_group_steps=group,
+                  initial_loss_scale=cfg.runtime.initial_loss_scale, ema_decay=tr.ema_decay, jit=plan,
                   loss_weights={h.key: h.weight for h in heads if h.key is not None},
                   output_names=[h.key for h in heads if h.key is not None])
+    jit, reason = plan.enabled, plan.reason
     logging.info("model %s: %s parameters; jit_compile=%s (%s)", t.model.name,
                  f"{model.count_params():,}", jit, reason)
     return Trainer(cfg=cfg, strategy=strategy, model=model, loss_fn=loss_fn, optimizer=optimizer,
@@ -528,6 +516,3 @@ def _is_classification(loss: Any) -> bool:
     name = getattr(loss, "name", "") if not isinstance(loss, dict) else ""
     return "crossentropy" in name or "hinge" in name
 
-
-def _has_conv(model: keras.Model) -> bool:
-    return any("conv" in type(layer).__name__.lower() for layer in layers_lib.walk(model))

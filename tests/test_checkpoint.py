@@ -89,7 +89,7 @@ def test_save_refuses_non_finite_variables_and_keeps_previous_latest(tmp_path, w
     ctl.train(evaluate=False)
     before = sorted(os.listdir(tmp_path))
     var = {"model": t.model.get_layer("out").kernel, "optimizer": t.optimizer.variables[-1],
-           "ema": t.steps.ema[0]}[where]
+           "ema": t.steps.ema.weights[0]}[where]
     var.assign(np.where(np.arange(int(np.prod(var.shape))).reshape(var.shape) == 1, np.inf, var.numpy()))
     name = {"model": "out/kernel", "optimizer": t.optimizer.variables[-1].path, "ema": "ema/"}[where]
     with pytest.raises(ckpt_lib.CheckpointError, match=rf"refusing to write checkpoint ckpt-6.*non-finite.*{name}"

@@ -17,6 +17,7 @@ import pytest
 import tensorflow as tf
 
 from framework import distribute
+from framework import jit as jit_lib
 from framework.config import RuntimeConfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -230,26 +231,26 @@ def test_tpu_silent_server_is_bounded_by_tpu_timeout():
 
 def test_jit_allowed_resolution():
     default = tf.distribute.get_strategy()
-    assert distribute.jit_allowed(default, "auto", model_has_conv=False)[0] is True
-    on, reason = distribute.jit_allowed(default, "auto", model_has_conv=True)
+    assert jit_lib.jit_allowed(default, "auto", model_has_conv=False)[0] is True
+    on, reason = jit_lib.jit_allowed(default, "auto", model_has_conv=True)
     if not tf.config.list_physical_devices("GPU"):
         assert on is False and "conv" in reason
-    assert distribute.jit_allowed(default, True, model_has_conv=True) == (True, "trainer.jit_compile=true")
-    assert distribute.jit_allowed(default, False, model_has_conv=False)[0] is False
+    assert jit_lib.jit_allowed(default, True, model_has_conv=True) == (True, "trainer.jit_compile=true")
+    assert jit_lib.jit_allowed(default, False, model_has_conv=False)[0] is False
     one = distribute.make_strategy(RuntimeConfig(strategy="one_device"))
-    assert distribute.jit_allowed(one, "auto", model_has_conv=False)[0] is True
+    assert jit_lib.jit_allowed(one, "auto", model_has_conv=False)[0] is True
     with pytest.raises(ValueError, match=r"trainer.jit_compile.*got 'yes'"):
-        distribute.jit_allowed(default, "yes", model_has_conv=False)
+        jit_lib.jit_allowed(default, "yes", model_has_conv=False)
 
     mirrored = distribute.make_strategy(RuntimeConfig(strategy="mirrored", cpu_replicas=2))
-    on, reason = distribute.jit_allowed(mirrored, "auto", model_has_conv=False)
+    on, reason = jit_lib.jit_allowed(mirrored, "auto", model_has_conv=False)
     assert on is False and "MirroredStrategy" in reason, reason
-    assert distribute.jit_allowed(mirrored, False, model_has_conv=False)[0] is False
+    assert jit_lib.jit_allowed(mirrored, False, model_has_conv=False)[0] is False
     with pytest.raises(ValueError, match=r"trainer.jit_compile.*MirroredStrategy.*got True"):
-        distribute.jit_allowed(mirrored, True, model_has_conv=False)
+        jit_lib.jit_allowed(mirrored, True, model_has_conv=False)
     single = distribute.make_strategy(RuntimeConfig(strategy="mirrored"))
     if single.num_replicas_in_sync == 1:
-        assert distribute.jit_allowed(single, "auto", model_has_conv=False)[0] is True
+        assert jit_lib.jit_allowed(single, "auto", model_has_conv=False)[0] is True
 
 
 # ----------------------------------------------------------------------------- multi-worker (docs/design.md#t8)

@@ -55,8 +55,8 @@ def test_ema_starts_from_the_init_checkpoint(tmp_path, jit):
     fine = trainer_lib.build(cfg, tf.distribute.get_strategy())
     head0 = {v.path: v.numpy() for v in fine.model.trainable_variables if v.path.startswith("out/")}
     controller_lib.Controller(trainer=fine, model_dir=str(tmp_path / "finetune")).train(evaluate=False)
-    assert fine.steps._whole_step_xla() == (jit == "auto")
-    for v, e in zip(fine.steps.variables, fine.steps.ema):
+    assert fine.steps.jit.whole_step == (jit == "auto")
+    for v, e in zip(fine.steps.variables, fine.steps.ema.weights):
         start = head0[v.path] if v.path.startswith("out/") else loaded[v.path]
         # One EMA update from the weights the run started with (not the random initial ones).
         np.testing.assert_allclose(e.numpy(), DECAY * start + (1 - DECAY) * v.numpy(), rtol=1e-5, atol=1e-7,
@@ -104,7 +104,7 @@ def test_kept_and_exported_models_are_the_scored_ema_models(tmp_path, jit):
     exported = keras.saving.load_model(str(tmp_path / "export" / "model.keras"), safe_mode=True)
     assert _log_loss(exported) == pytest.approx(scored[8], rel=1e-5)
     assert _log_loss(t.model) == pytest.approx(scored[8], rel=1e-5)
-    for v, e in zip(t.steps.variables, t.steps.ema):
+    for v, e in zip(t.steps.variables, t.steps.ema.weights):
         np.testing.assert_array_equal(e.numpy(), v.numpy())  # the EMA restarted from the best
 
 
@@ -114,7 +114,7 @@ def test_export_without_early_stopping_holds_the_final_ema_weights(tmp_path):
     exported = keras.saving.load_model(str(tmp_path / "export" / "model.keras"), safe_mode=True)
     assert _log_loss(exported) == pytest.approx(final["loss"], rel=1e-5)
     assert abs(_log_loss(t.model) - final["loss"]) > 1e-3  # the model itself keeps its training weights
-    for v, e in zip(t.steps.variables, t.steps.ema):
+    for v, e in zip(t.steps.variables, t.steps.ema.weights):
         assert not np.array_equal(v.numpy(), e.numpy())
 
 
@@ -140,7 +140,7 @@ def test_transfer_digits_with_ema_scores_the_pretrained_body(tmp_path):
                   "trainer.ema_decay=0.99")
     t = trainer_lib.build(cfg, tf.distribute.get_strategy())
     controller_lib.Controller(trainer=t, model_dir=str(tmp_path / "transfer")).train(evaluate=True)
-    body = [(v, e) for v, e in zip(t.steps.variables, t.steps.ema) if not v.path.startswith("head/")]
+    body = [(v, e) for v, e in zip(t.steps.variables, t.steps.ema.weights) if not v.path.startswith("head/")]
     assert len(body) >= 6
     for v, e in body:
         np.testing.assert_allclose(v.numpy(), loaded[v.path], rtol=1e-6, err_msg=v.path)  # frozen

@@ -63,7 +63,7 @@ def test_export_under_two_replicas_holds_the_ema_weights(tmp_path):
     # Reference: the final checkpoint's EMA weights put into a fresh one-device build.
     ref = trainer_lib.build(cfg, tf.distribute.get_strategy())
     controller_lib.Controller(trainer=ref, model_dir=str(tmp_path)).restore()
-    for v, e in zip(ref.steps.variables, ref.steps.ema):
+    for v, e in zip(ref.steps.variables, ref.steps.ema.weights):
         v.assign(e.numpy())
     _assert_export_serves(tmp_path, ref.model)
 

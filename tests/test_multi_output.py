@@ -49,9 +49,8 @@ def test_dict_outputs_losses_metrics_and_update_match_hand_and_fit(tmp_path, jit
     ref = S.two_head()
     ref.set_weights(t.model.get_weights())
     ctl = controller_lib.Controller(trainer=t, model_dir=str(tmp_path))
-    t.steps.reset_train_metrics()
-    t.steps.train_loop(iter(t.train_dataset(start_step=0)), 1, list(range(len(t.groups.variables))))
-    got = ctl._train_values(1)  # the values the log and TensorBoard get
+    result = t.steps.train_loop(iter(t.train_dataset(start_step=0)), 1, list(range(len(t.groups.variables))))
+    got = ctl._train_values(result)  # the values the log and TensorBoard get
     for k in ("loss", "cls/loss", "reg/loss", "cls/accuracy", "reg/mae"):
         assert got[k] == pytest.approx(expected[k], rel=1e-5, abs=1e-7), k
     # The update equals Keras fit with the same per-output losses and loss weights.
@@ -89,8 +88,8 @@ def test_class_weights_per_output(tmp_path):
     yc = y["cls"].numpy()
     cw = np.where(yc == 0, 3.0, 1.0)
     ce = float((-logp[np.arange(8), yc] * cw).sum() / 8)
-    t.steps.train_loop(iter(t.train_dataset(start_step=0)), 1, list(range(len(t.groups.variables))))
-    assert float(t.steps.output_loss_means["cls"].result()) == pytest.approx(ce, rel=1e-5)
+    result = t.steps.train_loop(iter(t.train_dataset(start_step=0)), 1, list(range(len(t.groups.variables))))
+    assert result.output_losses["cls/loss"] == pytest.approx(ce, rel=1e-5)
 
 
 @pytest.mark.parametrize("task,message", [

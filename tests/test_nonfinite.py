@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from framework import controller as controller_lib
+from framework import testing
 from framework import trainer as trainer_lib
 from tests import _components as C
 
@@ -16,7 +17,7 @@ def _build(policy, tmp_path, inject=7, steps=12, **trainer_kw):
     cfg = C.make_config(task={"train_data": {"key": "nan"}, "eval_data": {"name": ""}},
                         trainer={"train_steps": steps, "steps_per_loop": 4, "checkpoint_interval": 4,
                                  "nonfinite": policy, **trainer_kw})
-    t = trainer_lib.build(cfg, tf.distribute.get_strategy(), inject_nonfinite_at=inject)
+    t = testing.inject_nonfinite(trainer_lib.build(cfg, tf.distribute.get_strategy()), at=inject)
     return t, controller_lib.Controller(trainer=t, model_dir=str(tmp_path))
 
 
@@ -33,7 +34,7 @@ def test_terminate_names_step_and_keeps_last_good_checkpoint(tmp_path):
 def test_skip_leaves_weights_untouched_on_that_step_and_counts_it(tmp_path):
     t, ctl = _build("skip", tmp_path, steps=8)
     ctl.train(evaluate=False)
-    assert int(t.steps.nonfinite_steps.numpy()) == 1
+    assert ctl.last_result.nonfinite_steps == 1
     assert int(t.global_step.numpy()) == 8
     # The skipped step did not count as an optimizer iteration.
     assert int(t.optimizer.iterations.numpy()) == 7
@@ -102,7 +103,7 @@ def test_huge_finite_gradient_is_clipped_exactly_not_nan(tmp_path, jit):
     assert t.steps.gated_update == (jit == "auto")  # the default path: whole-step XLA, gated writes
     w0, b0 = (v.numpy().astype(np.float64) for v in t.model.trainable_variables)
     x, y = next(iter(t.train_source.batch(8).as_numpy_iterator()))[:2]
-    t.steps.train_loop(iter(t.train_dataset(start_step=0)), 1, list(range(len(t.groups.variables))))
+    result = t.steps.train_loop(iter(t.train_dataset(start_step=0)), 1, list(range(len(t.groups.variables))))
     # Reference in float64: softmax cross-entropy gradient, clipped to norm 1, one SGD step.
     logits = x.astype(np.float64) @ w0 + b0
     p = np.exp(logits - logits.max(1, keepdims=True))
@@ -114,7 +115,7 @@ def test_huge_finite_gradient_is_clipped_exactly_not_nan(tmp_path, jit):
     w1, b1 = (v.numpy() for v in t.model.trainable_variables)
     np.testing.assert_allclose(w1, w0 - 0.1 * gw / norm, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(b1, b0 - 0.1 * gb / norm, rtol=1e-5, atol=1e-7)
-    assert int(t.steps.nonfinite_steps.numpy()) == 0 and not bool(t.steps.halt.numpy())
+    assert result.nonfinite_steps == 0 and not result.halted
 
 
 @pytest.mark.parametrize("policy,jit", [("terminate", "auto"), ("skip", "auto"), ("restore", "auto"),
@@ -123,7 +124,7 @@ def test_clipped_huge_gradient_trains_on_under_every_policy(tmp_path, policy, ji
     _poisoned("huge5", 64, 5, 1e21)  # batch 5 of 8
     t, ctl = _run_poisoned(tmp_path, key="huge5", policy=policy, jit=jit, steps=8, clip={"global_norm": 1.0})
     assert ctl.train(evaluate=False) == 8
-    assert int(t.steps.nonfinite_steps.numpy()) == 0
+    assert ctl.last_result.nonfinite_steps == 0
     assert all(np.all(np.isfinite(v.numpy())) for v in t.model.variables)
     assert len(_assert_checkpoints_finite(tmp_path)) == 2
 
@@ -140,7 +141,7 @@ def test_unclipped_overflowing_gradient_is_skipped_under_every_policy(tmp_path, 
         assert int(t.global_step.numpy()) == 5
     else:
         assert ctl.train(evaluate=False) == 8
-        assert int(t.steps.nonfinite_steps.numpy()) == (1 if policy == "skip" else 0)
+        assert ctl.last_result.nonfinite_steps == (1 if policy == "skip" else 0)
         # restore: back to step 4, then steps 4-7 on batches 6-9 (4-5 skipped): 8 updates.
         assert int(t.optimizer.iterations.numpy()) == (7 if policy == "skip" else 8)
         assert int(ctl.data_skip.numpy()) == (0 if policy == "skip" else 2)

@@ -66,7 +66,7 @@ def _assert_same_weights(a, b, rtol=1e-5, atol=1e-6):
     for va, vb in zip(a.model.trainable_variables, b.model.trainable_variables):
         np.testing.assert_allclose(vb.numpy(), va.numpy(), rtol=rtol, atol=atol, err_msg=va.path)
     if a.steps.ema is not None:
-        for ea, eb in zip(a.steps.ema, b.steps.ema):
+        for ea, eb in zip(a.steps.ema.weights, b.steps.ema.weights):
             np.testing.assert_allclose(eb.numpy(), ea.numpy(), rtol=rtol, atol=atol, err_msg=ea.name)
 
 
@@ -100,9 +100,9 @@ def test_accumulation_of_sparse_gradients_equals_one_big_batch(tmp_path, feature
     assert _gradient_is_sparse()
     kw = FEATURES[feature]
     big, _ = _train(_cfg(batch=16, accumulation=1, jit=jit, **kw), tmp_path / "big")
-    acc, _ = _train(_cfg(batch=8, accumulation=2, jit=jit, **kw), tmp_path / "acc")
-    assert acc.steps._whole_step_xla() == (jit == "auto")  # the path users get by default
-    assert float(acc.steps.stat_means["clipped_fraction"].result()) > 0  # the clipping mode was active
+    acc, ctl = _train(_cfg(batch=8, accumulation=2, jit=jit, **kw), tmp_path / "acc")
+    assert acc.steps.jit.whole_step == (jit == "auto")  # the path users get by default
+    assert ctl.last_result.clipped_fraction > 0  # the clipping mode was active
     _assert_same_weights(big, acc)
 
 
@@ -110,9 +110,9 @@ def test_accumulation_of_sparse_gradients_equals_one_big_batch(tmp_path, feature
 def test_sparse_gradients_under_mixed_float16(tmp_path, jit):
     kw = {"runtime": {"precision": "mixed_float16"}, "optimizer": {"clip": {"global_norm": 0.05}}}
     big, _ = _train(_cfg(batch=16, accumulation=1, jit=jit, **kw), tmp_path / "big")
-    acc, _ = _train(_cfg(batch=8, accumulation=2, jit=jit, **kw), tmp_path / "acc")
+    acc, ctl = _train(_cfg(batch=8, accumulation=2, jit=jit, **kw), tmp_path / "acc")
     assert acc.model.get_layer("out").compute_dtype == "float16"
-    assert int(acc.steps.nonfinite_steps.numpy()) == 0  # every step applied, none skipped as overflow
+    assert ctl.last_result.nonfinite_steps == 0  # every step applied, none skipped as overflow
     init = trainer_lib.build(_cfg(batch=16, accumulation=1, jit=jit), tf.distribute.get_strategy())  # seeded
     moved = [np.abs(v.numpy() - w.numpy()).max() for v, w in zip(acc.model.trainable_variables,
                                                                   init.model.trainable_variables)]
@@ -128,7 +128,7 @@ def test_two_replicas_equal_one_device_with_sparse_gradients(tmp_path, jit):
                         "param_groups": [{"pattern": "^embedding/", "lr_multiplier": 0.3}]},
           "trainer": {"ema_decay": 0.8}}
     one, _ = _train(_cfg(batch=16, accumulation=2, jit=jit, **kw), tmp_path / "one")
-    assert one.steps._whole_step_xla() == (jit == "auto")
+    assert one.steps.jit.whole_step == (jit == "auto")
     mirrored = dist.make_strategy(RuntimeConfig(strategy="mirrored", cpu_replicas=2))
     # Under Mirrored `auto` resolves to no XLA (it fails there): the path users get.
     two, _ = _train(_cfg(batch=16, accumulation=2, jit=jit, **kw), tmp_path / "two", strategy=mirrored)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from framework import results as results_lib
 from framework import trainer as trainer_lib
 from tests import _components as C
 
@@ -89,14 +90,13 @@ def test_eval_covers_whole_set_once_padding_excluded():
     cfg = C.make_config(task={"train_data": {"key": "ev"}, "eval_data": {"key": "ev"}})
     t = _build(cfg)
     ds, nb = t.eval_dataset()
-    t.steps.reset_eval_metrics()
-    t.steps.eval_loop(iter(ds), nb)
+    result = t.steps.eval_loop(iter(ds), nb)
     logits = t.model(x, training=False).numpy()
     acc = float(np.mean(np.argmax(logits, 1) == y))
     ce = -np.log(np.exp(logits - logits.max(1, keepdims=True))[np.arange(50), y] /
                  np.exp(logits - logits.max(1, keepdims=True)).sum(1))
-    assert abs(float(t.steps.eval_metrics["accuracy"].result()) - acc) < 1e-6
-    assert abs(float(t.steps.eval_loss_mean.result()) - ce.mean()) < 1e-5
+    assert abs(result.metrics["accuracy"] - acc) < 1e-6
+    assert abs(result.loss - ce.mean()) < 1e-5
 
 
 @JIT
@@ -118,3 +118,30 @@ def test_one_hot_balanced_class_weight_trains_like_sparse(jit):
     assert len(set(np.round(sparse.steps.class_weights, 6))) == 3
     for a, b in zip(sparse.model.trainable_variables, onehot.model.trainable_variables):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-6, atol=1e-7, err_msg=a.path)
+
+
+@JIT
+def test_the_loops_return_their_results_once(jit):
+    x, y = C.toy_classification(n=48)
+    C.set_arrays("res", x, y)
+    cfg = C.make_config(task={"train_data": {"key": "res"}, "eval_data": {"key": "res"}},
+                        trainer={"jit_compile": jit})
+    t = _build(cfg)
+    first = t.steps.train_loop(_iter(t), 3, _active(t))
+    assert isinstance(first, results_lib.LoopResult)
+    assert first.steps_done == 3 and first.step == int(t.global_step.numpy()) == 3
+    assert not first.halted and first.nonfinite_steps == 0 and first.loss_scale == 1.0
+    assert np.isfinite(first.loss) and first.grad_norm > 0 and set(first.metrics) == {"accuracy"}
+    lr = float(t.schedule(tf.constant(2, tf.int64)))  # the rate of the loop's last step (step 2)
+    np.testing.assert_allclose(first.learning_rates, [lr] * len(t.groups.variables), rtol=1e-6)
+    assert len(first.group_grad_norms) == len(t.groups.groups)
+    # The meters restart with every loop: a loop reports its own steps only.
+    second = t.steps.train_loop(_iter(t, 3), 1, _active(t))
+    assert second.steps_done == 1 and second.step == 4 and second.loss != first.loss
+    ds, nb = t.eval_dataset()
+    ev = t.steps.eval_loop(iter(ds), nb)
+    assert isinstance(ev, results_lib.EvalResult) and ev.batches == nb
+    assert set(ev.values()) == {"loss", "accuracy"}  # the per-class report is not a metric
+    (report,) = ev.reports
+    assert report.report.kind == "per_class" and report.report.key is None
+    assert report.value.shape == (3, 3) and report.value.sum() == 48  # every example once

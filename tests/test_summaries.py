@@ -85,7 +85,7 @@ def test_ema_weights_are_used_for_eval_and_restored_after(tmp_path):
     w0 = [v.numpy().copy() for v in t.groups.variables]
     ctl.train(evaluate=False)
     live = [v.numpy().copy() for v in t.groups.variables]
-    ema = [e.numpy() for e in t.steps.ema]
+    ema = [e.numpy() for e in t.steps.ema.weights]
     assert not np.allclose(ema[0], live[0]) and not np.allclose(ema[0], w0[0])
     ev = ctl.evaluate()
     for v, w in zip(t.groups.variables, live):

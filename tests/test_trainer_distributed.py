@@ -9,7 +9,8 @@ import tensorflow as tf
 
 from framework import controller as controller_lib
 from framework import distribute as dist
-from framework import step as step_lib
+from framework import jit as jit_lib
+from framework import nonfinite as nonfinite_lib
 from framework import trainer as trainer_lib
 from framework.config import RuntimeConfig
 from tests import _components as C
@@ -75,11 +76,11 @@ def test_clipping_is_on_the_aggregated_gradient(tmp_path):
               optimizer={"name": "sgd", "learning_rate": 0.1, "clip": {"global_norm": 1.0}})
     one = trainer_lib.build(C.make_config(**kw), tf.distribute.get_strategy())
     two = trainer_lib.build(C.make_config(**kw), mirrored())
-    for t in (one, two):
-        t.steps.train_loop(iter(t.train_dataset(start_step=0)), 1, list(range(len(t.groups.variables))))
+    results = [t.steps.train_loop(iter(t.train_dataset(start_step=0)), 1, list(range(len(t.groups.variables))))
+               for t in (one, two)]
     for a, b in zip(one.model.trainable_variables, two.model.trainable_variables):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6)
-    assert float(one.steps.stat_means["grad_norm"].result()) > 1.0  # clipping was active
+    assert results[0].grad_norm > 1.0  # clipping was active
 
 
 def test_batch_not_divisible_by_replicas_names_both():
@@ -100,8 +101,8 @@ def test_partial_eval_batch_on_two_replicas_no_nan(tmp_path):
 
 def test_jit_true_under_mirrored_is_a_clear_error():
     with pytest.raises(ValueError, match="trainer.jit_compile.*MirroredStrategy"):
-        dist.jit_allowed(mirrored(), True, model_has_conv=False)
-    on, why = dist.jit_allowed(mirrored(), "auto", model_has_conv=False)
+        jit_lib.jit_allowed(mirrored(), True, model_has_conv=False)
+    on, why = jit_lib.jit_allowed(mirrored(), "auto", model_has_conv=False)
     assert not on and "Mirrored" in why
 
 
@@ -129,7 +130,7 @@ def test_fp16_gradient_overflow_skips_step_halves_and_regrows_the_loss_scale(mon
     # huge initial loss scale. Each such step is skipped (weights unchanged), halves the scale
     # and does not trigger `nonfinite=terminate`; after `interval` finite steps the scale doubles.
     interval = 3
-    monkeypatch.setattr(step_lib, "_GROWTH_INTERVAL", interval)  # test seam: a short growth interval
+    monkeypatch.setattr(nonfinite_lib, "GROWTH_INTERVAL", interval)  # test seam: a short growth interval
     cfg = _cfg(task={"eval_data": {"name": ""}}, trainer={"nonfinite": "terminate", "jit_compile": jit})
     cfg.runtime.precision = "mixed_float16"
     cfg.runtime.initial_loss_scale = 2.0 ** 22
@@ -137,17 +138,16 @@ def test_fp16_gradient_overflow_skips_step_halves_and_regrows_the_loss_scale(mon
         t = trainer_lib.build(cfg, tf.distribute.get_strategy())
         assert t.model.get_layer("out").compute_dtype == "float16"
         it, active = iter(t.train_dataset(start_step=0)), list(range(len(t.groups.variables)))
-        applied, scales = [], [float(t.steps.loss_scale.numpy())]
+        applied, scales = [], [float(t.steps.policy.loss_scale.numpy())]
         for _ in range(16):
             before = [v.numpy().copy() for v in t.model.trainable_variables]
-            t.steps.reset_train_metrics()
-            t.steps.train_loop(it, 1, active)
-            assert not bool(t.steps.halt.numpy())  # an fp16 overflow is never a policy hit
-            assert np.isfinite(float(t.steps.loss_mean.result()))  # the loss itself is finite
+            result = t.steps.train_loop(it, 1, active)
+            assert not result.halted  # an fp16 overflow is never a policy hit
+            assert np.isfinite(result.loss)  # the loss itself is finite
             changed = [not np.array_equal(v.numpy(), b) for v, b in zip(t.model.trainable_variables, before)]
             assert all(changed) or not any(changed)  # a step is applied whole or not at all
             applied.append(all(changed))
-            scales.append(float(t.steps.loss_scale.numpy()))
+            scales.append(result.loss_scale)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert scales[:2] == [2.0 ** 22, 2.0 ** 21] and not applied[0]  # the first step overflows
@@ -163,7 +163,7 @@ def test_fp16_gradient_overflow_skips_step_halves_and_regrows_the_loss_scale(mon
         want.append(scale)
     assert scales == want
     assert any(b > a for a, b in itertools.pairwise(scales))  # it grew at least once
-    assert int(t.steps.nonfinite_steps.numpy()) == applied.count(False) > 0
+    assert result.nonfinite_steps == applied.count(False) > 0
     assert int(t.optimizer.iterations.numpy()) == applied.count(True) > interval
 
 
@@ -181,8 +181,8 @@ def test_bfloat16_trains_with_groups(tmp_path):
         t = trainer_lib.build(cfg, tf.distribute.get_strategy())
         assert t.model.get_layer("out").compute_dtype == "bfloat16"
         assert t.model.get_layer("out").kernel.dtype == "float32"  # float32 master weights
-        t.steps.train_loop(iter(t.train_dataset(start_step=0)), 3, list(range(len(t.groups.variables))))
-        assert int(t.optimizer.iterations.numpy()) == 3 and np.isfinite(float(t.steps.loss_mean.result()))
+        result = t.steps.train_loop(iter(t.train_dataset(start_step=0)), 3, list(range(len(t.groups.variables))))
+        assert int(t.optimizer.iterations.numpy()) == 3 and np.isfinite(result.loss)
     finally:
         keras.mixed_precision.set_global_policy("float32")
 

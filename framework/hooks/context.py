@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from framework.hooks.base import Event, Hook, as_hook
+
+if TYPE_CHECKING:  # a type only: hooks sit beside the step modules, not above them
+    from framework.results import LoopResult
 
 
 class RunContext:
@@ -13,12 +16,15 @@ class RunContext:
     Attributes:
       train_logs: values of the last inner loop (loss, metrics, learning rates, grad norms).
       eval_logs: values of the last evaluation (empty before the first one).
+      loop_result: what the last inner loop returned (`results.LoopResult`; None before the
+        first one): its step, losses, statistics and non-finite status.
     """
 
     def __init__(self, *, controller: Any) -> None:
         self._c = controller
         self.train_logs: dict[str, float] = {}
         self.eval_logs: dict[str, float] = {}
+        self.loop_result: LoopResult | None = None
         self.stop_requested = False
         self.stop_reason = ""
 

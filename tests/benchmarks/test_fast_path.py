@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from framework import controller as controller_lib
-from framework import registry
+from framework import registry, testing
 from framework import trainer as trainer_lib
 from framework.optim import optimizers  # noqa: F401  (registers the built-in optimizers)
 from tests import _components as C
@@ -65,16 +65,16 @@ def test_nonfinite_inside_a_group_halts_like_the_single_step_loop(tmp_path):
     x, y = C.toy_classification(n=64)
     C.set_arrays("fp", x, y)
     bad = 5  # inside the first group of 8
-    t = trainer_lib.build(_cfg("fp"), tf.distribute.get_strategy(), inject_nonfinite_at=bad)
+    t = testing.inject_nonfinite(trainer_lib.build(_cfg("fp"), tf.distribute.get_strategy()), at=bad)
     ref = trainer_lib.build(_cfg("fp"), tf.distribute.get_strategy())
     assert t.steps.xla_group_steps == 8
-    t.steps.train_loop(iter(t.train_dataset(start_step=0)), 12, _active(t))
+    result = t.steps.train_loop(iter(t.train_dataset(start_step=0)), 12, _active(t))
     ref.steps.train_loop(iter(ref.train_dataset(start_step=0)), bad, _active(ref))
-    assert bool(t.steps.halt.numpy())
-    assert int(t.global_step.numpy()) == bad
-    assert int(t.steps.nonfinite_step.numpy()) == bad
-    assert bool(t.steps.nonfinite_loss.numpy())
-    assert int(t.steps.nonfinite_steps.numpy()) == 1  # the steps after the halt are not counted
+    assert result.halted
+    assert int(t.global_step.numpy()) == bad == result.step
+    assert result.nonfinite_step == bad
+    assert result.nonfinite_loss
+    assert result.nonfinite_steps == 1  # the steps after the halt are not counted
     assert int(t.optimizer.iterations.numpy()) == bad
     for va, vb in zip(t.model.variables + t.optimizer.variables, ref.model.variables + ref.optimizer.variables):
         np.testing.assert_array_equal(va.numpy(), vb.numpy())
@@ -84,7 +84,7 @@ def test_nonfinite_terminate_through_the_controller_under_xla(tmp_path):
     x, y = C.toy_classification(n=64)
     C.set_arrays("fp", x, y)
     cfg = _cfg("fp", train_steps=16, steps_per_loop=8, checkpoint_interval=8, nonfinite="terminate")
-    t = trainer_lib.build(cfg, tf.distribute.get_strategy(), inject_nonfinite_at=10)
+    t = testing.inject_nonfinite(trainer_lib.build(cfg, tf.distribute.get_strategy()), at=10)
     with pytest.raises(controller_lib.NonFiniteError, match=r"non-finite loss at step 10"):
         controller_lib.Controller(trainer=t, model_dir=str(tmp_path)).train(evaluate=False)
     assert int(t.global_step.numpy()) == 10
@@ -94,12 +94,12 @@ def test_nonfinite_terminate_through_the_controller_under_xla(tmp_path):
 def test_skip_policy_inside_a_group_skips_only_that_step():
     x, y = C.toy_classification(n=64)
     C.set_arrays("fp", x, y)
-    t = trainer_lib.build(_cfg("fp", nonfinite="skip"), tf.distribute.get_strategy(), inject_nonfinite_at=2)
-    t.steps.train_loop(iter(t.train_dataset(start_step=0)), 8, _active(t))
+    t = testing.inject_nonfinite(trainer_lib.build(_cfg("fp", nonfinite="skip"), tf.distribute.get_strategy()), at=2)
+    result = t.steps.train_loop(iter(t.train_dataset(start_step=0)), 8, _active(t))
     assert int(t.global_step.numpy()) == 8
-    assert int(t.steps.nonfinite_steps.numpy()) == 1
+    assert result.nonfinite_steps == 1
     assert int(t.optimizer.iterations.numpy()) == 7
-    assert not bool(t.steps.halt.numpy())
+    assert not result.halted
 
 
 def test_conv_model_under_xla_runs_one_step_per_call_and_matches_single_calls():
@@ -123,12 +123,12 @@ def test_conv_model_under_xla_runs_one_step_per_call_and_matches_single_calls():
 def _skipped_step_changes_nothing(t):
     it = iter(t.train_dataset(start_step=0))
     t.steps.train_loop(it, 2, _active(t))
-    state = t.model.variables + t.optimizer.variables + list(t.steps.ema or [])
+    state = t.model.variables + t.optimizer.variables + (t.steps.ema.weights if t.steps.ema else [])
     before = [v.numpy().copy() for v in state]
-    t.steps.train_loop(it, 1, _active(t))  # step 2: non-finite, skipped
+    result = t.steps.train_loop(it, 1, _active(t))  # step 2: non-finite, skipped
     for v, b in zip(state, before):
         np.testing.assert_array_equal(v.numpy(), b, err_msg=v.name)
-    assert int(t.steps.nonfinite_steps.numpy()) == 1 and int(t.global_step.numpy()) == 3
+    assert result.nonfinite_steps == 1 and int(t.global_step.numpy()) == 3
     t.steps.train_loop(it, 1, _active(t))  # and training goes on, finite
     assert any(not np.array_equal(v.numpy(), b) for v, b in zip(t.model.trainable_variables, before))
     assert all(np.isfinite(v.numpy()).all() for v in state)
@@ -143,7 +143,7 @@ def test_a_skipped_step_under_xla_changes_no_variable(name):
     C.set_arrays("fp", x, y)
     cfg = _cfg("fp", nonfinite="skip", ema_decay=0.9)
     cfg.optimizer.name = name
-    t = trainer_lib.build(cfg, tf.distribute.get_strategy(), inject_nonfinite_at=2)
+    t = testing.inject_nonfinite(trainer_lib.build(cfg, tf.distribute.get_strategy()), at=2)
     assert t.steps.gated_update
     _skipped_step_changes_nothing(t)
     assert int(t.optimizer.iterations.numpy()) == 3
@@ -161,7 +161,7 @@ def test_an_optimizer_outside_keras_conventions_keeps_the_conditional_update():
     try:
         cfg = _cfg("fp", nonfinite="skip")
         cfg.optimizer.name = "test_own_sgd"
-        t = trainer_lib.build(cfg, tf.distribute.get_strategy(), inject_nonfinite_at=2)
+        t = testing.inject_nonfinite(trainer_lib.build(cfg, tf.distribute.get_strategy()), at=2)
         assert t.steps.jit_compile and not t.steps.gated_update
         _skipped_step_changes_nothing(t)
     finally:

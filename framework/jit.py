@@ -1,0 +1,139 @@
+"""The XLA plan of a run: where `jit_compile` applies, how many steps share one XLA call, and why.
+
+Every `trainer.jit_compile` rule lives here (docs/design.md#t5):
+
+* `jit_allowed`: true | false | "auto" for this strategy and model. XLA on the replica function
+  inside `strategy.run` fails under a multi-replica MirroredStrategy ("Trying to access resource
+  ... located in device CPU:1 from device CPU:0"), and on CPU it slows convolutions down.
+* whole step or forward/backward only: on one device without a Mirrored / MultiWorkerMirrored or
+  TPU strategy (TPU compiles by itself) XLA covers the whole step (forward, backward,
+  statistics, update); elsewhere, when allowed, only the forward and backward pass.
+* steps per XLA call: under whole-step XLA several steps share one call (a compiled while
+  loop over stacked batches), except around convolutions (an XLA loop around a conv layer ran
+  ~50x slower on CPU) and for batches of different lengths (they cannot be stacked).
+
+`plan` applies them all and returns one frozen `JitPlan`; `Steps` only reads it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from framework import distribute as dist
+from framework import layers as layers_lib
+
+# Steps per XLA call when the whole step is compiled; measured in benchmarks/overhead.py (MLP on
+# CPU: ~7% faster than one step per call).
+GROUP_STEPS = 8
+
+# Layer types XLA slows down on CPU (and around which an XLA loop is slow). Types, not names:
+# a user's layer is judged by the Keras layers it is made of (`layers.walk` reaches them).
+CONV_LAYERS: tuple[type, ...] = (
+    keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
+    keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose,
+    keras.layers.SeparableConv1D, keras.layers.SeparableConv2D,
+    keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D,
+    keras.layers.ConvLSTM1D, keras.layers.ConvLSTM2D, keras.layers.ConvLSTM3D,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class JitPlan:
+    """Where XLA runs in the compiled step.
+
+    Attributes:
+      whole_step: XLA over the whole step (forward, backward, statistics, update).
+      forward_backward: XLA only around the per-replica forward and backward pass.
+      group_steps: optimizer steps per XLA call (1 unless `whole_step`).
+      reason: why, for the log.
+    """
+
+    whole_step: bool = False
+    forward_backward: bool = False
+    group_steps: int = 1
+    reason: str = "trainer.jit_compile=false"
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any part of the step is compiled with XLA (`trainer.jit_compile` resolved)."""
+        return self.whole_step or self.forward_backward
+
+
+def has_conv(model: keras.Model) -> bool:
+    """Whether `model` (or a layer nested in it) is a convolution layer (`CONV_LAYERS`)."""
+    return any(isinstance(layer, CONV_LAYERS) for layer in layers_lib.walk(model))
+
+
+def jit_allowed(strategy: tf.distribute.Strategy, requested: bool | str, *,
+                model_has_conv: bool) -> tuple[bool, str]:
+    """Resolves `trainer.jit_compile` (true | false | "auto") for this strategy and model.
+
+    Args:
+      strategy: the strategy the replica function runs under.
+      requested: the config value.
+      model_has_conv: whether the model has convolution layers (XLA slows them on CPU).
+
+    Returns:
+      (use XLA on the replica function, reason to log).
+
+    Raises:
+      ValueError: `true` under a Mirrored / MultiWorkerMirrored strategy with > 1 replica, where
+        XLA on the replica function fails (docs/design.md#t5: variables on another device), or a value
+        other than true / false / "auto".
+    """
+    name = dist.strategy_name(strategy)
+    multi = dist.multi_replica(strategy)
+    if requested is True:
+        if multi:
+            raise ValueError(
+                f"trainer.jit_compile: XLA on the replica function fails under {name} with "
+                f"{strategy.num_replicas_in_sync} replicas (variables live on another device); use auto "
+                f"or false; got True")
+        return True, "trainer.jit_compile=true"
+    if requested is False:
+        return False, "trainer.jit_compile=false"
+    if requested != "auto":
+        raise ValueError(f"trainer.jit_compile: expected true | false | auto; got {requested!r}")
+    if multi:
+        return False, (f"jit_compile=auto -> off: XLA on the replica function fails under {name} with "
+                       f"{strategy.num_replicas_in_sync} replicas")
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return False, "jit_compile=auto -> off: TPUStrategy compiles with XLA anyway"
+    on_gpu = bool(tf.config.list_physical_devices("GPU"))
+    if model_has_conv and not on_gpu:
+        return False, "jit_compile=auto -> off: XLA measured slower for convolutions on CPU"
+    if model_has_conv:
+        return True, "jit_compile=auto -> on: convolutions on GPU"
+    return True, f"jit_compile=auto -> on: no convolutions ({'GPU' if on_gpu else 'CPU'})"
+
+
+def whole_step_possible(strategy: tf.distribute.Strategy) -> bool:
+    """One device, no Mirrored / MultiWorkerMirrored (docs/design.md#t5) or TPU strategy."""
+    other = (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.TPUStrategy)
+    return strategy.num_replicas_in_sync == 1 and not isinstance(strategy, other)
+
+
+def plan(strategy: tf.distribute.Strategy, setting: bool | str, model: keras.Model,
+         padding: Any = None) -> JitPlan:
+    """The XLA plan for `model` under `strategy` with `trainer.jit_compile = setting`.
+
+    Args:
+      strategy: the run's strategy.
+      setting: `trainer.jit_compile` (true | false | "auto").
+      model: the built model.
+      padding: the training data's `pipeline.Padding` (None: fixed-shape batches). Length buckets,
+        or per-batch padding of an infinite source, give batches that cannot be stacked.
+
+    Raises:
+      ValueError: as `jit_allowed`.
+    """
+    conv = has_conv(model)
+    jit, reason = jit_allowed(strategy, setting, model_has_conv=conv)
+    whole = jit and whole_step_possible(strategy)
+    group = GROUP_STEPS if whole and not conv else 1
+    if padding is not None and (padding.boundaries or padding.max_length is None):
+        group = 1  # batches of different lengths cannot be stacked into one XLA call
+    return JitPlan(whole_step=whole, forward_backward=jit and not whole, group_steps=group, reason=reason)

@@ -1,0 +1,141 @@
+"""The compiled train and eval loops: K steps (or N eval batches) per call, results at the end.
+
+A train loop resets its meters, runs up to `num_steps` optimizer steps while the non-finite
+policy has not halted, and returns one structure of tensors: steps done, the global step, the
+meters' results, the learning rates of the last step and the policy's status
+(`results.LoopResult` says what each holds). An eval loop likewise returns its meters' results.
+Nothing is read from the host inside a loop; the caller fetches the returned structure once.
+
+Under whole-step XLA (`jit.JitPlan.whole_step`) each step, or each group of
+`JitPlan.group_steps` steps, is one XLA call.
+"""
+from __future__ import annotations
+
+import collections
+from typing import Any, Callable
+
+import tensorflow as tf
+
+from framework.jit import JitPlan
+from framework.nonfinite import NonFinitePolicy
+from framework.results import EvalMeters, TrainMeters
+from framework.update import Update
+
+
+def build_train_loop(*, strategy: tf.distribute.Strategy, replica_step: Callable, global_step: tf.Variable,
+                     policy: NonFinitePolicy, meters: TrainMeters, update: Update, plan: JitPlan,
+                     micro_batches: int, traces: collections.Counter) -> Callable:
+    """The compiled `loop(iterator, num_steps) -> dict of tensors` of one frozen set.
+
+    Args:
+      strategy: the run's strategy.
+      replica_step: `(batches, step) -> None`, run per replica by `strategy.run`: one optimizer
+        step over `micro_batches` batches (the update happens inside it, in a merge_call).
+      global_step: advanced once per step that ran (not after a halt).
+      policy: its `halt` ends the loop.
+      meters: reset at the start, read at the end.
+      update: its `last_lr` is reported.
+      plan: the XLA plan (whole step, steps per XLA call).
+      micro_batches: batches per step (gradient accumulation).
+      traces: counts the traces (`traces["train"]`).
+    """
+    # The step body is not converted by AutoGraph (as in Keras's own train step): it needs
+    # no Python control flow on tensors, and converting the model, optimizer and metrics
+    # code recursively made the first trace ~5x slower (measured: 2.1 s vs 0.4 s, MLP).
+    @tf.autograph.experimental.do_not_convert
+    def one_step(batches):
+        step = global_step.read_value()
+        strategy.run(replica_step, args=(batches, step))
+        global_step.assign_add(tf.where(policy.halt, tf.constant(0, tf.int64), tf.constant(1, tf.int64)))
+
+    @tf.autograph.experimental.do_not_convert  # no control flow on tensors (see one_step)
+    def begin():
+        traces["train"] += 1
+        meters.reset()
+        policy.begin_loop()
+
+    @tf.autograph.experimental.do_not_convert
+    def end(i):
+        return {"steps_done": i, "step": global_step.read_value(), **meters.results(),
+                "learning_rates": update.last_lr.read_value(), **policy.status()}
+
+    if not plan.whole_step or plan.group_steps == 1:
+        # Under XLA with one step per call there is no XLA loop (an XLA loop around a conv
+        # layer ran ~50x slower on CPU: docs/design.md#t5): each step is one XLA call.
+        run_step = tf.function(one_step, jit_compile=True, autograph=False) if plan.whole_step else one_step
+
+        @tf.function
+        def loop(iterator, num_steps):
+            begin()
+            i = tf.constant(0, tf.int64)
+            while tf.logical_and(i < num_steps, tf.logical_not(policy.halt)):
+                run_step([next(iterator) for _ in range(micro_batches)])
+                i += 1
+            return end(i)
+
+        return loop
+    return _grouped_loop(one_step, begin, end, policy, plan.group_steps, micro_batches)
+
+
+def _grouped_loop(one_step: Callable, begin: Callable, end: Callable, policy: NonFinitePolicy, group: int,
+                  micro_batches: int) -> Callable:
+    """XLA over the whole step on one device, up to `group` steps per XLA call.
+
+    One launch and one executable for any count: an XLA while loop over `count` stacked
+    batches. Only the batches of the steps to run are fetched (the data position stays exact);
+    unused slots repeat the last batch and are never read. A step after a halt inside the group
+    changes no state (`NonFinitePolicy.live`); only the meters of this abandoned loop may move.
+    """
+    @tf.function(jit_compile=True, autograph=False)
+    def xla_steps(stacked, count):
+        def body(j):
+            one_step(tf.nest.map_structure(lambda t: t[j], stacked))
+            return (j + 1,)
+        tf.while_loop(lambda j: j < count, body, (tf.constant(0),))
+
+    @tf.function
+    def loop(iterator, num_steps):
+        begin()
+        i = tf.constant(0, tf.int64)
+        while tf.logical_and(i < num_steps, tf.logical_not(policy.halt)):
+            count = tf.minimum(num_steps - i, group)
+            fetched = [[next(iterator) for _ in range(micro_batches)]]
+            for k in range(1, group):
+                prev = fetched[-1]
+                fetched.append(tf.cond(k < count, lambda: [next(iterator) for _ in range(micro_batches)],
+                                       lambda prev=prev: prev))
+            xla_steps(tf.nest.map_structure(lambda *ts: tf.stack(ts), *fetched), tf.cast(count, tf.int32))
+            i += count
+        return end(i)
+
+    return loop
+
+
+def build_eval_loop(*, strategy: tf.distribute.Strategy, replica_eval: Callable, meters: EvalMeters,
+                    traces: collections.Counter) -> Callable:
+    """The compiled `loop(iterator, num_batches) -> dict of tensors`.
+
+    Args:
+      strategy: the run's strategy.
+      replica_eval: `batch -> None`, run per replica: updates `meters`.
+      meters: reset at the start, read at the end.
+      traces: counts the traces (`traces["eval"]`).
+    """
+    @tf.autograph.experimental.do_not_convert
+    def begin():
+        traces["eval"] += 1
+        meters.reset()
+
+    @tf.function
+    def loop(iterator: Any, num_batches: tf.Tensor):
+        begin()
+        for _ in tf.range(num_batches):
+            strategy.run(replica_eval, args=(next(iterator),))
+        return _eval_end(num_batches, meters)
+
+    return loop
+
+
+@tf.autograph.experimental.do_not_convert
+def _eval_end(num_batches: tf.Tensor, meters: EvalMeters) -> dict[str, Any]:
+    return {"batches": num_batches, **meters.results()}
