@@ -310,7 +310,7 @@ class Controller:
         eta = (time.monotonic() - start_time) / max(step - start_step, 1) * (total - step)
         shown = {k: v for k, v in values.items()
                  if "/" not in k and k not in ("grad_norm_clipped", "clipped_fraction")}
-        summ.log(summ.log_line("train", step=step, total=total, values=shown,
+        self.summaries.log(summ.log_line("train", step=step, total=total, values=shown,
                                examples_per_sec=rates["examples_per_sec"], eta_s=eta), live=True)
         self.ctx.train_logs = values
         self.ctx.loop_result = result
@@ -356,7 +356,7 @@ class Controller:
         ds, nb = self.t.test_dataset()
         values = self.measure(ds, nb)
         self.summaries.scalars("test", step, values)
-        summ.log(summ.log_line("test", step=step, total=self.t.total_steps, values=values))
+        self.summaries.log(summ.log_line("test", step=step, total=self.t.total_steps, values=values))
         summ.write_json(os.path.join(self.model_dir, "test_metrics.json"), {"step": step, **values})
         self.test_metrics = values
         return values
@@ -453,7 +453,7 @@ class Controller:
         for report in result.reports:
             reports_lib.write(report, step=step, model_dir=self.model_dir, summaries=self.summaries)
         self.summaries.scalars("eval", step, values)
-        summ.log(summ.log_line("eval", step=step, total=self.t.total_steps, values=values))
+        self.summaries.log(summ.log_line("eval", step=step, total=self.t.total_steps, values=values))
         self.last_eval = values
         self.eval_history.append({"step": step, **values})
         summ.write_json(os.path.join(self.model_dir, "metrics.json"), {"step": step, **values})
