@@ -244,71 +244,87 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Converts `value` to the declared type `tp` of `key` or raises ConfigError."""
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        # Prefer an exact type match, then conversions in declared order.
-        for a in args:
-            if a is not type(None) and isinstance(value, a) and not (a is int and isinstance(value, bool)):
-                return value
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{key}: expected {_type_name(tp)}; got {value!r} ({type(value).__name__})")
+        return _coerce_union(value, tp, key)
     if tp is Any:
         return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
-            return value.lower() in ("true", "yes", "on", "1")
-        raise ConfigError(f"{key}: expected bool; got {value!r} ({type(value).__name__})")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected int; got {value!r} (bool)")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.replace("_", ""))
-            except ValueError:
-                try:
-                    f = float(value)
-                except ValueError:
-                    f = math.nan
-                if math.isfinite(f) and f.is_integer():
-                    return int(f)
-        raise ConfigError(f"{key}: expected int; got {value!r} ({type(value).__name__})")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected float; got {value!r} (bool)")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected float; got {value!r} ({type(value).__name__})")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key}: expected str; got {value!r} ({type(value).__name__})")
+    if tp in _SCALARS:
+        return _SCALARS[tp](value, key)
     if tp in (list, dict) or origin in (list, dict):
         base = origin or tp
         if isinstance(value, base):
             return value
         raise ConfigError(f"{key}: expected {base.__name__}; got {value!r} ({type(value).__name__})")
     raise ConfigError(f"{key}: unsupported declared type {tp!r}")
+
+
+def _coerce_union(value: Any, tp: Any, key: str) -> Any:
+    """An exact type match among the union's members first, then conversions in declared order."""
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    for a in args:
+        if a is not type(None) and isinstance(value, a) and not (a is int and isinstance(value, bool)):
+            return value
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return _coerce(value, a, key)
+        except ConfigError:
+            pass
+    raise ConfigError(f"{key}: expected {_type_name(tp)}; got {value!r} ({type(value).__name__})")
+
+
+def _coerce_bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+        return value.lower() in ("true", "yes", "on", "1")
+    raise ConfigError(f"{key}: expected bool; got {value!r} ({type(value).__name__})")
+
+
+def _coerce_int(value: Any, key: str) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected int; got {value!r} (bool)")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.replace("_", ""))
+        except ValueError:
+            try:
+                f = float(value)
+            except ValueError:
+                f = math.nan
+            if math.isfinite(f) and f.is_integer():
+                return int(f)
+    raise ConfigError(f"{key}: expected int; got {value!r} ({type(value).__name__})")
+
+
+def _coerce_float(value: Any, key: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected float; got {value!r} (bool)")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"{key}: expected float; got {value!r} ({type(value).__name__})")
+
+
+def _coerce_str(value: Any, key: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"{key}: expected str; got {value!r} ({type(value).__name__})")
+
+
+_SCALARS = {bool: _coerce_bool, int: _coerce_int, float: _coerce_float, str: _coerce_str}
 
 
 def _fields(cls: type) -> dict[str, dataclasses.Field]:
@@ -601,11 +617,26 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     Raises:
       ConfigError: naming the key, the value received and what was expected.
     """
-    t, tr, o, r = cfg.task, cfg.trainer, cfg.optimizer, cfg.runtime
+    t, tr, o = cfg.task, cfg.trainer, cfg.optimizer
     if not t.model.name:
         raise ConfigError("task.model.name: expected a registered model name; got ''")
     if not t.train_data.name:
         raise ConfigError("task.train_data.name: expected a registered dataset name; got ''")
+    _validate_trainer(t, tr, o)
+    _validate_optimizer(o)
+    validate_runtime(cfg.runtime)
+    _validate_class_weights(t.class_weight)
+    _validate_data_protocol(t, tr)
+    for i, h in enumerate(cfg.hooks):
+        if not h.name:
+            raise ConfigError(f"hooks[{i}].name: expected a registered hook name; got {h.name!r}")
+    _validate_outputs(t)
+    _validate_buckets(t)
+    return cfg
+
+
+def _validate_trainer(t: TaskConfig, tr: TrainerConfig, o: OptimizerConfig) -> None:
+    """The counts (batch sizes, intervals, accumulation) and the `trainer` section's choices."""
     for key, v in (("task.train_data.batch_size", t.train_data.batch_size),
                    ("task.eval_data.batch_size", t.eval_data.batch_size),
                    ("trainer.steps_per_loop", tr.steps_per_loop),
@@ -629,6 +660,10 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         raise ConfigError(f"trainer.jit_compile: expected true | false | auto; got {tr.jit_compile!r}")
     if tr.ema_decay is not None and not 0.0 < tr.ema_decay < 1.0:
         raise ConfigError(f"trainer.ema_decay: expected null or a number in (0, 1); got {tr.ema_decay!r}")
+
+
+def _validate_optimizer(o: OptimizerConfig) -> None:
+    """Learning rate, warmup, layer decay, clipping thresholds, weight decay and parameter groups."""
     _positive(o.learning_rate, "optimizer.learning_rate")
     if o.warmup_steps < 0:
         raise ConfigError(f"optimizer.warmup_steps: expected an integer >= 0; got {o.warmup_steps!r}")
@@ -643,16 +678,18 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
             raise ConfigError(f"optimizer.param_groups[{i}].pattern: expected a regular expression; got {g.pattern!r}")
         _positive(g.lr_multiplier, f"optimizer.param_groups[{i}].lr_multiplier", allow_zero=True)
         _positive(g.weight_decay, f"optimizer.param_groups[{i}].weight_decay", allow_zero=True, allow_none=True)
-    validate_runtime(r)
-    cw = t.class_weight
+
+
+def _validate_class_weights(cw: Any) -> None:
+    """`task.class_weight`: one spec, or {output: spec} for a model with several outputs."""
     # {output: spec} for a model with several outputs (every value null, 'balanced' or a mapping).
     per_output = isinstance(cw, dict) and bool(cw) and all(v is None or isinstance(v, (str, dict)) for v in cw.values())
     for where, spec in ((cw.items() if per_output else [(None, cw)])):
         _check_class_weight(spec, "task.class_weight" if where is None else f"task.class_weight.{where}")
-    _validate_data_protocol(t, tr)
-    for i, h in enumerate(cfg.hooks):
-        if not h.name:
-            raise ConfigError(f"hooks[{i}].name: expected a registered hook name; got {h.name!r}")
+
+
+def _validate_outputs(t: TaskConfig) -> None:
+    """`task.metrics` (a list, or {output: list}) and `task.loss_weights` (only with per-output losses)."""
     lists = t.metrics.items() if isinstance(t.metrics, dict) else [(None, t.metrics)]
     for out, ms in lists:
         where = "task.metrics" if out is None else f"task.metrics.{out}"
@@ -667,6 +704,10 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     if t.loss_weights and not isinstance(t.loss, dict):
         raise ConfigError(f"task.loss_weights: expected task.loss to map output names to loss sections; "
                           f"got a single loss {t.loss.name!r} with loss_weights {t.loss_weights!r}")
+
+
+def _validate_buckets(t: TaskConfig) -> None:
+    """`bucket_boundaries`: increasing integers > 0, and only for the training data."""
     for key, d in (("task.train_data", t.train_data), ("task.eval_data", t.eval_data)):
         b = d.bucket_boundaries
         if any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in b) or b != sorted(set(b)):
@@ -674,7 +715,6 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     if t.eval_data.bucket_boundaries:
         raise ConfigError(f"task.eval_data.bucket_boundaries: expected [] (evaluation pads to the longest "
                           f"eval example); got {t.eval_data.bucket_boundaries!r}")
-    return cfg
 
 
 def _validate_data_protocol(t: TaskConfig, tr: TrainerConfig) -> None:

@@ -1,7 +1,8 @@
 """Built-in losses by name; every loss is built to return per-example values (no reduction).
 
 A loss on a sequence output returns one value per position ([B, T]); the step makes it a
-token-level mean (see framework/step.py).
+token-level mean (see framework/step.py). `label_kind` says which labels a built loss reads
+(class ids, one-hot rows, binary / multi-hot, -1/1, or regression targets), from its type.
 """
 from __future__ import annotations
 
@@ -105,3 +106,86 @@ def weighted_binary_crossentropy(pos_weight: list, from_logits: bool = True) -> 
         raise ValueError(f"task.loss.pos_weight: expected a list of finite numbers >= 0 (one per label); "
                          f"got {pos_weight!r}")
     return WeightedBinaryCrossentropy(pos_weight=pos_weight, from_logits=from_logits)
+
+
+# ----------------------------------------------------------------------------- label kinds
+
+# What a loss reads as labels: "sparse" (integer class ids), "categorical" (one-hot or soft rows),
+# "binary" (0/1 per unit: binary or multi-hot), "hinge" (-1/1 or 0/1) or "regression" (targets).
+LABEL_KINDS = ("sparse", "categorical", "binary", "hinge", "regression")
+
+# By the built loss's type (checked in order; a subclass counts as its base).
+_KIND_BY_TYPE: tuple[tuple[type, str], ...] = (
+    (keras.losses.SparseCategoricalCrossentropy, "sparse"),
+    (keras.losses.CategoricalCrossentropy, "categorical"),
+    (keras.losses.CategoricalFocalCrossentropy, "categorical"),
+    (keras.losses.CategoricalHinge, "categorical"),
+    (keras.losses.BinaryCrossentropy, "binary"),
+    (keras.losses.BinaryFocalCrossentropy, "binary"),
+    (WeightedBinaryCrossentropy, "binary"),
+    (keras.losses.Hinge, "hinge"),
+    (keras.losses.SquaredHinge, "hinge"),
+)
+
+# Keras's loss functions, for a factory that returns one of them rather than a loss object.
+_KIND_BY_FUNCTION: dict[Any, str] = {
+    keras.losses.sparse_categorical_crossentropy: "sparse",
+    keras.losses.categorical_crossentropy: "categorical",
+    keras.losses.categorical_focal_crossentropy: "categorical",
+    keras.losses.categorical_hinge: "categorical",
+    keras.losses.binary_crossentropy: "binary",
+    keras.losses.binary_focal_crossentropy: "binary",
+    keras.losses.hinge: "hinge",
+    keras.losses.squared_hinge: "hinge",
+}
+
+# Registered loss name -> label kind, for a loss whose type says nothing (a plain function a
+# plugin registers): add an entry with `set_label_kind`. Names absent here are regression.
+_KIND_BY_NAME: dict[str, str] = {
+    "sparse_categorical_crossentropy": "sparse",
+    "categorical_crossentropy": "categorical",
+    "binary_crossentropy": "binary",
+    "weighted_binary_crossentropy": "binary",
+    "mse": "regression",
+    "mae": "regression",
+    "huber": "regression",
+}
+
+
+def set_label_kind(name: str, kind: str) -> None:
+    """Declares the label kind of the registered loss `name` (for a loss returned as a plain function).
+
+    Raises:
+      ValueError: `kind` is not one of `LABEL_KINDS`.
+    """
+    if kind not in LABEL_KINDS:
+        raise ValueError(f"label kind of loss {name!r}: expected one of {' | '.join(LABEL_KINDS)}; got {kind!r}")
+    _KIND_BY_NAME[name] = kind
+
+
+def label_kind(loss: Any, *, name: str) -> str:
+    """The labels the built loss `loss` (registered as `name`) reads: one of `LABEL_KINDS`.
+
+    Decided by the loss object's type, then by the Keras loss function it is or wraps, then by
+    the name table (`set_label_kind`) for any other function.
+    """
+    for cls, kind in _KIND_BY_TYPE:
+        if isinstance(loss, cls):
+            return kind
+    # A Keras loss object wrapping a function (`keras.losses.LossFunctionWrapper`, not exported) holds it as `fn`.
+    fn = getattr(loss, "fn", loss) if isinstance(loss, keras.losses.Loss) else loss
+    try:
+        if fn in _KIND_BY_FUNCTION:
+            return _KIND_BY_FUNCTION[fn]
+    except TypeError:  # an unhashable callable object
+        pass
+    return _KIND_BY_NAME.get(name, "regression")
+
+
+def section_label_kind(section: Any, *, key: str = "task.loss") -> str:
+    """`label_kind` of the loss one `task.loss` section builds; "regression" for a mapping over
+    several outputs (each output's head has its own kind) or no section."""
+    if section is None or isinstance(section, dict) or not getattr(section, "name", ""):
+        return "regression"
+    loss = registry.build(registry.LOSSES, section.name, section.kwargs, section=key)
+    return label_kind(loss, name=section.name)

@@ -210,15 +210,16 @@ def _run_built(cfg: Any, strategy: Any, *, model_dir: str, mode: str, hparams: d
 
 def _inspect(cfg: Any, *, model_dir: str) -> dict[str, Any]:
     """`--mode=inspect`: reads every configured split once; writes data_report.{json,md} and images."""
+    from framework import losses as losses_lib
     from framework import trainer as trainer_lib
     from framework.data import inspect as inspect_lib
     from framework.data import pipeline
 
     t = cfg.task
-    kind = inspect_lib.label_kind(getattr(t.loss, "name", ""))
     sections = {"train": t.train_data, "eval": t.eval_data, "test": getattr(t, "test_data", None)}
     arrays, sizes, augment, x_spec = {}, {}, None, None
     try:
+        kind = losses_lib.section_label_kind(t.loss)
         for split, section in sections.items():
             if section is None or not section.name:
                 continue

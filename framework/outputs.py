@@ -22,8 +22,6 @@ from framework import losses as losses_lib
 from framework import metrics as metrics_lib
 from framework import registry
 
-_BINARY_LOSSES = ("binary_crossentropy", "weighted_binary_crossentropy")
-
 
 @dataclasses.dataclass
 class Head:
@@ -36,11 +34,18 @@ class Head:
     weight: float = 1.0
     from_logits: bool = True
     multilabel: bool = False
+    # The labels the loss reads (`losses.label_kind`, from the built loss's type).
+    label_kind: str = "regression"
 
     @property
     def classification(self) -> bool:
-        """Whether this output's loss trains a classifier."""
-        return "crossentropy" in self.loss_name or "hinge" in self.loss_name
+        """Whether this output's loss trains a classifier (its labels are classes)."""
+        return self.label_kind != "regression"
+
+    @property
+    def sparse(self) -> bool:
+        """Whether this output's labels are integer class ids (checked against `units`)."""
+        return self.label_kind == "sparse"
 
     @property
     def prefix(self) -> str:
@@ -86,9 +91,10 @@ def build_heads(task: Any, model: keras.Model, out: Any, label_spec: Any) -> lis
             raise ValueError(f"task.metrics: expected a list for model {name!r} (it has one output); "
                              f"got a mapping for outputs {sorted(task.metrics)}")
         loss_fn = registry.build(registry.LOSSES, task.loss.name, task.loss.kwargs, section="task.loss")
+        kind = losses_lib.label_kind(loss_fn, name=task.loss.name)
         return [Head(key=None, loss_name=task.loss.name, loss_fn=loss_fn, units=_units(out),
                      from_logits=losses_lib.loss_from_logits(loss_fn),
-                     multilabel=_is_multilabel(task.loss.name, out, label_spec))]
+                     multilabel=_is_multilabel(kind, out, label_spec), label_kind=kind)]
     if not isinstance(task.loss, dict):
         raise ValueError(f"task.loss: expected {{output: loss section}} for the outputs {keys} of model {name!r}; "
                          f"got one loss {task.loss.name!r}")
@@ -112,10 +118,11 @@ def build_heads(task: Any, model: keras.Model, out: Any, label_spec: Any) -> lis
         o = out[k] if isinstance(out, Mapping) else out[i]
         spec = label_spec[k] if isinstance(label_spec, Mapping) else label_spec[i]
         loss_fn = registry.build(registry.LOSSES, section.name, section.kwargs, section=f"task.loss.{k}")
+        kind = losses_lib.label_kind(loss_fn, name=section.name)
         heads.append(Head(key=k, loss_name=section.name, loss_fn=loss_fn, units=_units(o),
                           weight=float(task.loss_weights.get(k, 1.0)),
                           from_logits=losses_lib.loss_from_logits(loss_fn),
-                          multilabel=_is_multilabel(section.name, o, spec)))
+                          multilabel=_is_multilabel(kind, o, spec), label_kind=kind))
     return heads
 
 
@@ -125,8 +132,9 @@ def _check_names(key: str, mapping: Mapping, outputs: list) -> None:
         raise ValueError(f"{key}: expected output names of the model {outputs}; got {unknown}")
 
 
-def _is_multilabel(loss_name: str, out: Any, label_spec: Any) -> bool:
-    if loss_name not in _BINARY_LOSSES or _units(out) < 2:
+def _is_multilabel(label_kind: str, out: Any, label_spec: Any) -> bool:
+    """A binary loss (`losses.label_kind`) on several units with labels as wide: multi-hot labels."""
+    if label_kind != "binary" or _units(out) < 2:
         return False
     shape = getattr(label_spec, "shape", None)
     return shape is not None and shape.rank is not None and shape.rank >= 1 and shape[-1] == _units(out)

@@ -16,6 +16,7 @@ import tensorflow as tf
 from absl import logging
 
 from framework import jit as jit_lib
+from framework import losses as losses_lib
 from framework import outputs as outputs_lib
 from framework import registry
 from framework.config import ExperimentConfig
@@ -59,6 +60,8 @@ class Trainer:
     train_padding: pipeline.Padding | None = None
     eval_padding: pipeline.Padding | None = None
     heads: list = dataclasses.field(default_factory=list)
+    # The training augmentation `augment((x, y, w), seed)` the dataset factory returned (or None).
+    train_augment: Callable | None = None
 
     def train_dataset(self, *, start_step: int) -> Any:
         """Distributed training batches positioned at `start_step` (exact resume)."""
@@ -73,7 +76,7 @@ class Trainer:
                 self.train_source, global_batch=d.batch_size, seed=self.cfg.trainer.seed,
                 shuffle_buffer=d.shuffle_buffer, cache=d.cache, num_examples=n,
                 start_batch=0 if overfit else start_batch,
-                augment=getattr(self.train_source, "_tapeline_augment", None), sample_weights=self.sample_weights,
+                augment=self.train_augment, sample_weights=self.sample_weights,
                 padding=self.train_padding)
             if overfit:
                 # The same first N global batches, over and over (cached: augmentation frozen too).
@@ -102,13 +105,13 @@ class Trainer:
     def test_dataset(self) -> tuple[Any, int]:
         """(distributed test batches, number of batches): `task.test_data`, read here for the first time."""
         d = self.cfg.task.test_data
-        source = _dataset(d, "test", "task.test_data")
+        source = _dataset(d, "test", "task.test_data").dataset
         n = pipeline.count(source, name="task.test_data")
         if n < 0:
             raise ValueError("task.test_data: the test dataset is infinite; it must be finite")
         check_inputs(self.model, source.element_spec[0], name="task.test_data")
         one = self.heads[0] if len(self.heads) == 1 and self.heads[0].key is None else None
-        if one is not None and "sparse" in one.loss_name:
+        if one is not None and one.sparse:
             pipeline.check_sparse_labels(pipeline.labels_array(source), num_classes=one.units,
                                          name="task.test_data")
         padding = pipeline.make_padding(source, pad_value=d.pad_value, label_pad_value=d.label_pad_value,
@@ -131,7 +134,17 @@ class Trainer:
         return out
 
 
-def _dataset(cfg_section: Any, split: str, section: str) -> tf.data.Dataset:
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+    """One split as a dataset factory gives it: the (x, y, w) source and its training augmentation."""
+
+    dataset: tf.data.Dataset
+    # augment((x, y, w), seed) -> (x, y, w), run per epoch after the cache (train split only; else None).
+    augment: Callable | None = None
+
+
+def _dataset(cfg_section: Any, split: str, section: str) -> DataSource:
+    """Calls the section's dataset factory: its source with per-example weights, and its augmentation."""
     factory = registry.DATASETS.get(cfg_section.name)
     registry.check_kwargs(factory, cfg_section.kwargs, section=section, reserved=("split",))
     ds = factory(split=split, **cfg_section.kwargs)
@@ -142,9 +155,7 @@ def _dataset(cfg_section: Any, split: str, section: str) -> tf.data.Dataset:
     if not isinstance(ds, tf.data.Dataset):
         raise ValueError(f"{section}: dataset factory {cfg_section.name!r} must return a tf.data.Dataset "
                          f"(or (dataset, augment_fn)); got {type(ds).__name__}")
-    out = pipeline.with_weights(ds)
-    out._tapeline_augment = augment if split == "train" else None  # noqa: SLF001 - carried to train_stream
-    return out
+    return DataSource(dataset=pipeline.with_weights(ds), augment=augment if split == "train" else None)
 
 
 def _preflight(cfg: ExperimentConfig, train_source: tf.data.Dataset, n_train: int,
@@ -156,8 +167,8 @@ def _preflight(cfg: ExperimentConfig, train_source: tf.data.Dataset, n_train: in
     if eval_source is not None:
         sources["eval"] = preflight.Source(key="task.eval_data", section=t.eval_data, dataset=eval_source,
                                            num_examples=n_eval)
-    return preflight.run(sources, batches=cfg.trainer.preflight_batches, loss_name=getattr(t.loss, "name", ""),
-                         compensated_by=balancing(cfg))
+    return preflight.run(sources, batches=cfg.trainer.preflight_batches,
+                         label_kind=losses_lib.section_label_kind(t.loss), compensated_by=balancing(cfg))
 
 
 def balancing(cfg: ExperimentConfig) -> str | None:
@@ -171,8 +182,8 @@ def balancing(cfg: ExperimentConfig) -> str | None:
 
 def data_source(section: Any, split: str, key: str) -> tuple[tf.data.Dataset, Callable | None]:
     """(the (x, y, w) source of one split as the trainer reads it, its training augmentation or None)."""
-    ds = _dataset(section, split, key)
-    return ds, getattr(ds, "_tapeline_augment", None)
+    src = _dataset(section, split, key)
+    return src.dataset, src.augment
 
 
 def output_units(cfg: ExperimentConfig, x_spec: Any) -> int:
@@ -217,10 +228,76 @@ def class_weight_vector(spec: Any, labels: np.ndarray, num_classes: int) -> list
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class DataParts:
+    """The run's data as `build` reads it: sources, sizes, the carved eval set, padding, pre-flight."""
+
+    train: DataSource
+    eval_source: tf.data.Dataset | None
+    num_train_examples: int  # -1: infinite
+    num_eval_examples: int
+    eval_indices: np.ndarray | None  # see Trainer.eval_indices
+    checked: preflight.Result
+    total_steps: int
+    train_padding: pipeline.Padding | None
+    eval_padding: pipeline.Padding | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelParts:
+    """The model (variables created in the strategy scope), its heads, loss and metrics."""
+
+    model: keras.Model
+    heads: list
+    loss_fn: Any  # one loss, or {output: loss}
+    metrics: outputs_lib.HeadMetrics
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelParts:
+    """What the labels decide: class weights and the sampling of `task.train_data.sampling`."""
+
+    class_weights: Any  # one vector, {output: vector} or None
+    sample_weights: np.ndarray | None
+    sampled_frequencies: dict[int, float] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimParts:
+    """The optimizer (built on the trainable variables), its groups, step counter and learning rate."""
+
+    variables: list
+    table: groups_lib.GroupTable
+    optimizer: keras.optimizers.Optimizer
+    global_step: tf.Variable
+    lr_factor: tf.Variable
+    lr_multipliers: tf.Variable
+    schedule: Callable[[Any], Any]
+    default_weight_decay: float | None  # for groups without their own (`table.weight_decays`)
+
+
 def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy) -> Trainer:
     """Builds the run described by `cfg` under `strategy`."""
-    t, tr, o = cfg.task, cfg.trainer, cfg.optimizer
-    replicas = strategy.num_replicas_in_sync
+    _seed_and_policy(cfg, replicas=strategy.num_replicas_in_sync)
+    data = _build_data(cfg)
+    built = _build_model(cfg, strategy, data)
+    labels = _build_labels(cfg, data, built)
+    optim = _build_optimization(cfg, strategy, built.model, data.total_steps)
+    steps, reason = _build_steps(cfg, strategy, data, built, labels, optim)
+    return Trainer(cfg=cfg, strategy=strategy, model=built.model, loss_fn=built.loss_fn, optimizer=optim.optimizer,
+                   groups=optim.table, steps=steps, global_step=optim.global_step,
+                   lr_multipliers=optim.lr_multipliers, lr_factor=optim.lr_factor, schedule=optim.schedule,
+                   total_steps=data.total_steps, num_train_examples=data.num_train_examples,
+                   num_classes=built.heads[0].units, train_source=data.train.dataset, eval_source=data.eval_source,
+                   num_eval_examples=data.num_eval_examples, batches_per_step=cfg.optimizer.accumulation_steps,
+                   jit_reason=reason, eval_indices=data.eval_indices, sample_weights=labels.sample_weights,
+                   sampled_frequencies=labels.sampled_frequencies, train_padding=data.train_padding,
+                   eval_padding=data.eval_padding, heads=built.heads, train_augment=data.train.augment)
+
+
+def _seed_and_policy(cfg: ExperimentConfig, *, replicas: int) -> None:
+    """Checks the batch sizes against the replicas; sets determinism, the seed and the precision policy."""
+    t, tr = cfg.task, cfg.trainer
     for key, d in (("task.train_data", t.train_data), ("task.eval_data", t.eval_data),
                    ("task.test_data", t.test_data)):
         if d.batch_size % replicas:
@@ -234,31 +311,28 @@ def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy) -> Trainer:
     else:
         keras.mixed_precision.set_global_policy("float32")
 
+
+def _build_data(cfg: ExperimentConfig) -> DataParts:
+    """Reads and counts the sources, carves the eval set, runs the pre-flight, pads (before the model)."""
+    t = cfg.task
     if t.test_data.name:  # name and kwargs checked now; the factory itself runs only at the end
         registry.check_kwargs(registry.DATASETS.get(t.test_data.name), t.test_data.kwargs,
                               section="task.test_data", reserved=("split",))
         _check_same_holdout(t)
-    train_source = _dataset(t.train_data, "train", "task.train_data")
-    n_train = pipeline.count(train_source, name="task.train_data")
+    train = _dataset(t.train_data, "train", "task.train_data")
+    n_train = pipeline.count(train.dataset, name="task.train_data")
     eval_source, n_eval = None, 0
-    train_source, eval_source, eval_indices = _carve_eval(cfg, train_source, n_train)
+    train_source, eval_source, eval_indices = _carve_eval(cfg, train.dataset, n_train)
+    train = DataSource(dataset=train_source, augment=train.augment)
     if eval_indices is not None:
         n_train, n_eval = int(train_source.cardinality()), len(eval_indices)
     if t.eval_data.name:
-        eval_source = _dataset(t.eval_data, "eval", "task.eval_data")
+        eval_source = _dataset(t.eval_data, "eval", "task.eval_data").dataset
         n_eval = pipeline.count(eval_source, name="task.eval_data")
         if n_eval < 0:
             raise ValueError("task.eval_data: the eval dataset is infinite; it must be finite")
     checked = _preflight(cfg, train_source, n_train, eval_source, n_eval)
-    batches_per_step = o.accumulation_steps
-    if tr.train_epochs is not None:
-        if n_train < 0:
-            raise ValueError(f"trainer.train_epochs: the training set is infinite; use trainer.train_steps; "
-                             f"got train_epochs={tr.train_epochs}")
-        total_steps = max(1, math.ceil(tr.train_epochs * n_train / (t.train_data.batch_size * batches_per_step)))
-    else:
-        total_steps = tr.train_steps
-
+    total_steps = _total_steps(cfg, n_train)
     train_padding = pipeline.make_padding(
         train_source, pad_value=t.train_data.pad_value, label_pad_value=t.train_data.label_pad_value,
         boundaries=t.train_data.bucket_boundaries, num_examples=n_train, name="task.train_data")
@@ -266,31 +340,59 @@ def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy) -> Trainer:
         eval_source, pad_value=t.eval_data.pad_value, label_pad_value=t.eval_data.label_pad_value,
         num_examples=n_eval, name="task.eval_data")
     _log_padding(train_padding, eval_padding)
-    x_spec = train_source.element_spec[0]
+    return DataParts(train=train, eval_source=eval_source, num_train_examples=n_train, num_eval_examples=n_eval,
+                     eval_indices=eval_indices, checked=checked, total_steps=total_steps,
+                     train_padding=train_padding, eval_padding=eval_padding)
+
+
+def _total_steps(cfg: ExperimentConfig, n_train: int) -> int:
+    """`trainer.train_steps`, or the optimizer steps of `trainer.train_epochs` over `n_train` examples."""
+    tr = cfg.trainer
+    if tr.train_epochs is None:
+        return tr.train_steps
+    if n_train < 0:
+        raise ValueError(f"trainer.train_epochs: the training set is infinite; use trainer.train_steps; "
+                         f"got train_epochs={tr.train_epochs}")
+    per_step = cfg.task.train_data.batch_size * cfg.optimizer.accumulation_steps
+    return max(1, math.ceil(tr.train_epochs * n_train / per_step))
+
+
+def _build_model(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, data: DataParts) -> ModelParts:
+    """The model, its variables created in `strategy.scope()` by one call, its heads and metrics."""
+    t = cfg.task
+    x_spec = data.train.dataset.element_spec[0]
     with strategy.scope():
         model = registry.build(registry.MODELS, t.model.name, t.model.kwargs, section="task.model")
         if not isinstance(model, keras.Model):
             raise ValueError(f"task.model: factory {t.model.name!r} must return a keras.Model; "
                              f"got {type(model).__name__}")
         check_inputs(model, x_spec, name="task.train_data")
-        if eval_source is not None:
-            check_inputs(model, eval_source.element_spec[0], name="task.eval_data")
+        if data.eval_source is not None:
+            check_inputs(model, data.eval_source.element_spec[0], name="task.eval_data")
         dummy = outputs_lib.dummy_features(x_spec)
         try:
             out = model(dummy, training=False)  # creates every variable inside the scope
         except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
             raise ValueError(f"task.train_data: features {_spec_text(x_spec)} do not fit model {t.model.name!r}: "
                              f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
-        heads = outputs_lib.build_heads(t, model, out, train_source.element_spec[1])
+        heads = outputs_lib.build_heads(t, model, out, data.train.dataset.element_spec[1])
         loss_fn = heads[0].loss_fn if heads[0].key is None else {h.key: h.loss_fn for h in heads}
-        units = heads[0].units
-        num_classes = units
         head_metrics = outputs_lib.build_metrics(t, heads)
+    return ModelParts(model=model, heads=heads, loss_fn=loss_fn, metrics=head_metrics)
 
-    class_weights = _check_labels(t, heads, train_source, eval_source, n_train, known=checked.labels)
 
-    sample_weights, sampled = _sampling(cfg, train_source, n_train)
+def _build_labels(cfg: ExperimentConfig, data: DataParts, built: ModelParts) -> LabelParts:
+    """Checks the labels against the heads; the class weights and the sampling weights."""
+    class_weights = _check_labels(cfg.task, built.heads, data.train.dataset, data.eval_source,
+                                  data.num_train_examples, known=data.checked.labels)
+    sample_weights, sampled = _sampling(cfg, data.train.dataset, data.num_train_examples)
+    return LabelParts(class_weights=class_weights, sample_weights=sample_weights, sampled_frequencies=sampled)
 
+
+def _build_optimization(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, model: keras.Model,
+                        total_steps: int) -> OptimParts:
+    """Parameter groups, the optimizer built eagerly in scope (docs/design.md#t2), step and LR variables."""
+    t, o = cfg.task, cfg.optimizer
     variables = list(model.trainable_variables)
     if not variables:
         raise ValueError(f"task.model: {t.model.name!r} has no trainable variables")
@@ -308,6 +410,21 @@ def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy) -> Trainer:
         lr_multipliers = tf.Variable(table.multipliers(group_multipliers=group_mults, layer_decay=o.layer_decay),
                                      trainable=False, name="lr_multipliers")
     schedule = schedules_lib.build(o, total_steps=max(total_steps, 1))
+    return OptimParts(variables=variables, table=table, optimizer=optimizer, global_step=global_step,
+                      lr_factor=lr_factor, lr_multipliers=lr_multipliers, schedule=schedule,
+                      default_weight_decay=wd_default)
+
+
+def _build_steps(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, data: DataParts, built: ModelParts,
+                 labels: LabelParts, optim: OptimParts) -> tuple[Steps, str]:
+    """(the compiled steps, why XLA is or is not used): decides XLA and wires every part into `Steps`."""
+    t, tr, o = cfg.task, cfg.trainer, cfg.optimizer
+    model, loss_fn, heads = built.model, built.loss_fn, built.heads
+    head_metrics = built.metrics
+    train_padding, class_weights = data.train_padding, labels.class_weights
+    optimizer, variables, table = optim.optimizer, optim.variables, optim.table
+    wd_default, lr_multipliers, schedule = optim.default_weight_decay, optim.lr_multipliers, optim.schedule
+    lr_factor, global_step = optim.lr_factor, optim.global_step
     plan = jit_lib.plan(strategy, tr.jit_compile, model, train_padding)
     steps = Steps(strategy=strategy, model=model, loss_fn=loss_fn, optimizer=optimizer, variables=variables,
                   weight_decays=table.weight_decays(default=wd_default), lr_multipliers=lr_multipliers,
@@ -323,13 +440,7 @@ def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy) -> Trainer:
     jit, reason = plan.enabled, plan.reason
     logging.info("model %s: %s parameters; jit_compile=%s (%s)", t.model.name,
                  f"{model.count_params():,}", jit, reason)
-    return Trainer(cfg=cfg, strategy=strategy, model=model, loss_fn=loss_fn, optimizer=optimizer,
-                   groups=table, steps=steps, global_step=global_step, lr_multipliers=lr_multipliers,
-                   lr_factor=lr_factor, schedule=schedule, total_steps=total_steps, num_train_examples=n_train,
-                   num_classes=num_classes, train_source=train_source, eval_source=eval_source,
-                   num_eval_examples=n_eval, batches_per_step=batches_per_step, jit_reason=reason,
-                   eval_indices=eval_indices, sample_weights=sample_weights, sampled_frequencies=sampled,
-                   train_padding=train_padding, eval_padding=eval_padding, heads=heads)
+    return steps, reason
 
 
 def _carve_eval(cfg: ExperimentConfig, source: tf.data.Dataset,
@@ -348,7 +459,7 @@ def _carve_eval(cfg: ExperimentConfig, source: tf.data.Dataset,
     if n < 0:
         raise ValueError(f"{key}: the training set is infinite; give task.eval_data instead; got {n} examples")
     labels = pipeline.labels_array(source)
-    stratify = _is_classification(t.loss)
+    stratify = losses_lib.section_label_kind(t.loss) != "regression"  # a mapping over outputs: random
     if t.validation_split is not None:
         train_idx, eval_idx = split_lib.validation_indices(labels, fraction=t.validation_split,
                                                            seed=cfg.trainer.seed, stratify=stratify)
@@ -356,7 +467,6 @@ def _carve_eval(cfg: ExperimentConfig, source: tf.data.Dataset,
         folds = split_lib.fold_indices(labels, folds=t.cv_fold["folds"], seed=cfg.trainer.seed, stratify=stratify)
         train_idx, eval_idx = folds[t.cv_fold["index"]]
     train = pipeline.subset(source, train_idx, num_examples=n)
-    train._tapeline_augment = getattr(source, "_tapeline_augment", None)  # noqa: SLF001 - carried to train_stream
     held = pipeline.subset(source, eval_idx, num_examples=n)
     logging.info("%s: %d training and %d eval examples carved from task.train_data (%s, seed %d)", key,
                  len(train_idx), len(eval_idx), "stratified" if stratify else "random", cfg.trainer.seed)
@@ -426,7 +536,7 @@ def _check_labels(t: Any, heads: list, train_source: tf.data.Dataset, eval_sourc
     out = {}
     for h in heads:
         spec = cw_spec.get(h.key) if multi and cw_spec is not None else (None if multi else cw_spec)
-        sparse = "sparse" in h.loss_name
+        sparse = h.sparse
         if not (sparse or spec is not None):
             continue
         if labels_all is None:
@@ -510,9 +620,4 @@ def _check_same_holdout(t: Any) -> None:
             raise ValueError(f"{key}.holdout_fraction: expected {hold!r}, as task.test_data's (else this split "
                              f"holds test examples); got {d.kwargs.get('holdout_fraction')!r}")
 
-
-def _is_classification(loss: Any) -> bool:
-    """Whether one loss section trains a classifier (a mapping over several outputs: False)."""
-    name = getattr(loss, "name", "") if not isinstance(loss, dict) else ""
-    return "crossentropy" in name or "hinge" in name
 

@@ -194,19 +194,6 @@ def feature_stats(a: np.ndarray) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- labels
 
 
-def label_kind(loss_name: str) -> str:
-    """'sparse', 'categorical' (one-hot / soft), 'binary', 'hinge' (-1/1 or 0/1) or 'regression', from the loss name."""
-    if "sparse" in loss_name and ("crossentropy" in loss_name or "hinge" in loss_name):
-        return "sparse"
-    if "categorical" in loss_name:
-        return "categorical"
-    if "hinge" in loss_name:
-        return "hinge"
-    if "crossentropy" in loss_name:
-        return "binary"
-    return "regression"
-
-
 def class_ids(y: np.ndarray) -> np.ndarray | None:
     """Class id per example: the value for scalar / width-1 labels, argmax for one-hot or soft rows.
 
@@ -347,7 +334,7 @@ def split_report(arrays: SplitArrays, *, kind: str, examples: int | None = None)
 
     Args:
       arrays: the split as read.
-      kind: `label_kind` of the loss.
+      kind: the loss's `losses.label_kind` (sparse, categorical, binary, hinge or regression).
       examples: the split's size when only part of it was read (then `inspected` says how much).
     """
     feats = arrays.features
@@ -424,7 +411,7 @@ def build_report(splits: Mapping[str, SplitArrays], *, kind: str, units: int | N
 
     Args:
       splits: {"train": ..., "eval": ..., "test": ...} (any present).
-      kind: `label_kind` of the loss.
+      kind: the loss's `losses.label_kind` (sparse, categorical, binary, hinge or regression).
       units: the model's outputs (None: the label range is not checked; `units_note` says why).
       units_note: why the label range was not checked.
       examples: the full size of splits of which only a part was read.

@@ -260,13 +260,8 @@ def train_stream(source: tf.data.Dataset, *, global_batch: int, seed: int, shuff
         padding = make_padding(source, num_examples=n, name=name)
     if sample_weights is not None or (cache and augment is None and 0 < n
                                       and _nbytes(source, n, padding) <= IN_MEMORY_BYTES and tf.executing_eagerly()):
-        if sample_weights is not None and not can_sample(source, n, padding):
-            raise ValueError(f"{name}.sampling: needs a finite source of at most {IN_MEMORY_BYTES // 2**20} MiB "
-                             f"(it is drawn from in memory); got {n} examples of "
-                             f"{_nbytes(source, max(n, 0), padding):,} bytes")
-        if sample_weights is not None and padding is not None and padding.boundaries:
-            raise ValueError(f"{name}.sampling: expected no bucket_boundaries with class-balanced sampling "
-                             f"(buckets reorder the drawn examples); got {list(padding.boundaries)}")
+        if sample_weights is not None:
+            _check_sampling(source, n, padding, name)
         return _indexed_stream(source, n=n, global_batch=global_batch, seed=seed,
                                shuffle=shuffle_buffer > 1, start_batch=start_batch, sample_weights=sample_weights,
                                augment=augment if sample_weights is not None else None, padding=padding)
@@ -276,30 +271,51 @@ def train_stream(source: tf.data.Dataset, *, global_batch: int, seed: int, shuff
     if cache:
         source = source.cache()
     if n > 0:
-        buffer = min(n, shuffle_buffer) if shuffle_buffer > 0 else 0
-        position = start_batch * global_batch
-        first_epoch, offset = divmod(position, n)
-
-        @_no_autograph
-        def epoch(e: tf.Tensor) -> tf.data.Dataset:
-            ds = source
-            if buffer > 1:
-                # A fixed per-epoch seed makes epoch e the same permutation in every run.
-                ds = source.shuffle(buffer, seed=tf.cast(seed, tf.int64) * 1_000_003 + e,
-                                    reshuffle_each_iteration=False)
-            if augment is not None:
-                ds = ds.enumerate().map(
-                    lambda i, elem: augment(elem, tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + e, i])),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            return ds
-
-        stream = tf.data.Dataset.range(first_epoch, tf.int64.max).flat_map(epoch).skip(offset)
+        stream = _epochs(source, n=n, seed=seed, shuffle_buffer=shuffle_buffer, augment=augment,
+                         start=start_batch * global_batch)
         ds = _batch(stream, global_batch, padding)
     else:
         if shuffle_buffer > 1:
             source = source.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         ds = _batch(source.repeat(), global_batch, padding).skip(start_batch)
     return ds.skip(skip_batches) if bucketed else ds
+
+
+def _check_sampling(source: tf.data.Dataset, n: int, padding: Padding | None, name: str) -> None:
+    """Raises ValueError if weighted sampling cannot draw from `source` (too large, or bucketed)."""
+    if not can_sample(source, n, padding):
+        raise ValueError(f"{name}.sampling: needs a finite source of at most {IN_MEMORY_BYTES // 2**20} MiB "
+                         f"(it is drawn from in memory); got {n} examples of "
+                         f"{_nbytes(source, max(n, 0), padding):,} bytes")
+    if padding is not None and padding.boundaries:
+        raise ValueError(f"{name}.sampling: expected no bucket_boundaries with class-balanced sampling "
+                         f"(buckets reorder the drawn examples); got {list(padding.boundaries)}")
+
+
+def _epochs(source: tf.data.Dataset, *, n: int, seed: int, shuffle_buffer: int, augment: Callable | None,
+            start: int) -> tf.data.Dataset:
+    """The unbatched stream of epochs of a finite source (n > 0), from example position `start`.
+
+    Epoch e is shuffled with a seed of (seed, e) and augmented with (seed, e, position), so the
+    stream is a function of the position only (exact resume).
+    """
+    buffer = min(n, shuffle_buffer) if shuffle_buffer > 0 else 0
+    first_epoch, offset = divmod(start, n)
+
+    @_no_autograph
+    def epoch(e: tf.Tensor) -> tf.data.Dataset:
+        ds = source
+        if buffer > 1:
+            # A fixed per-epoch seed makes epoch e the same permutation in every run.
+            ds = source.shuffle(buffer, seed=tf.cast(seed, tf.int64) * 1_000_003 + e,
+                                reshuffle_each_iteration=False)
+        if augment is not None:
+            ds = ds.enumerate().map(
+                lambda i, elem: augment(elem, tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + e, i])),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds
+
+    return tf.data.Dataset.range(first_epoch, tf.int64.max).flat_map(epoch).skip(offset)
 
 
 def can_sample(source: tf.data.Dataset, n: int, padding: Padding | None = None) -> bool:

@@ -78,14 +78,14 @@ def check_nonfinite(arrays: inspect.SplitArrays, source: Source, *, whole: bool)
     return f"{text}; training anyway ({source.key}.allow_nonfinite: true)"
 
 
-def run(sources: Mapping[str, Source], *, batches: int, loss_name: str,
+def run(sources: Mapping[str, Source], *, batches: int, label_kind: str,
         compensated_by: str | None = None) -> Result:
     """Checks the splits in `sources` ({"train": ..., "eval": ...}); logs and returns the warnings.
 
     Args:
       sources: the splits to check by name.
       batches: `trainer.preflight_batches`: batches of a streaming source to check (0: none).
-      loss_name: the loss, which says whether labels are classes.
+      label_kind: the loss's `losses.label_kind` ("regression": the labels are not classes).
       compensated_by: the config that already counters imbalance (the warning then says so).
 
     Raises:
@@ -100,9 +100,8 @@ def run(sources: Mapping[str, Source], *, batches: int, loss_name: str,
         w = check_nonfinite(a, src, whole=whole[split])
         if w:
             warnings.append(w)
-    kind = inspect.label_kind(loss_name)
     train = arrays.get("train")
-    if train is not None and kind != "regression" and not isinstance(train.y, Mapping):
+    if train is not None and label_kind != "regression" and not isinstance(train.y, Mapping):
         w = inspect.imbalance_warning(inspect.class_counts(np.asarray(train.y)), num_classes=None,
                                       compensated_by=compensated_by, split=sources["train"].key)
         if w and w["severity"] == "info":  # already countered by the config: a note, not a warning

@@ -124,37 +124,60 @@ def clip_gradients(grads: Sequence[tf.Tensor | tf.IndexedSlices | None], *, grou
     stats: dict[str, tf.Tensor] = {"grad_norm": _value(_combine(norms))}
     for gi in group_ids:
         stats[f"grad_norm/{gi}"] = _value(_combine([n for n, x in zip(norms, groups) if x == gi]))
-    hits: list[tf.Tensor] = []
+    hits: list[tf.Tensor] = []  # per mode, whether it changed something (appended in mode order)
     changed = False
-
     if value is not None:
-        present = [g for g in grads if g is not None]
-        hits += [tf.reduce_any(tf.abs(g) > tf.cast(value, g.dtype)) for g in present]
-        grads = [None if g is None else tf.clip_by_value(g, -value, value) for g in grads]
-        norms, changed = [_var_norm(g) for g in grads], True
-
+        grads, changed = _clip_value(grads, value, hits), True
+        norms = [_var_norm(g) for g in grads]
     if per_variable is not None:
-        hits += [_value(n) > per_variable for n in norms if n is not None]
-        grads = [None if g is None else _scale(g, n, per_variable) for g, n in zip(grads, norms)]
-        norms, changed = [_var_norm(g) for g in grads], True
-
+        grads, changed = _clip_per_variable(grads, norms, per_variable, hits), True
+        norms = [_var_norm(g) for g in grads]
     if per_group is not None:
-        for gi in group_ids:
-            idx = [i for i, x in enumerate(groups) if x == gi and grads[i] is not None]
-            if not idx:
-                continue
-            n = _combine([norms[i] for i in idx])
-            hits.append(_value(n) > per_group)
-            for i in idx:
-                grads[i] = _scale(grads[i], n, per_group)
-        norms, changed = [_var_norm(g) for g in grads], True
-
+        grads, changed = _clip_per_group(grads, norms, groups, group_ids, per_group, hits), True
+        norms = [_var_norm(g) for g in grads]
     if global_norm is not None:
-        n = _combine(norms)
-        hits.append(_value(n) > global_norm)
-        grads = [None if g is None else _scale(g, n, global_norm) for g in grads]
-        norms, changed = [_var_norm(g) for g in grads], True
-
+        grads, changed = _clip_global(grads, norms, global_norm, hits), True
+        norms = [_var_norm(g) for g in grads]
     stats["grad_norm_clipped"] = _value(_combine(norms)) if changed else stats["grad_norm"]
     stats["clipped"] = tf.cast(tf.reduce_any(tf.stack(hits)), tf.float32) if hits else tf.constant(0.0)
     return grads, stats
+
+
+# Each mode below clips `grads` (None entries pass through) given their current `norms`, and
+# appends to `hits` whether it changed something; the caller recomputes the norms after it.
+
+
+def _clip_value(grads: list[Grad], value: float, hits: list[tf.Tensor]) -> list[Grad]:
+    """Elementwise clip to [-value, value]."""
+    present = [g for g in grads if g is not None]
+    hits += [tf.reduce_any(tf.abs(g) > tf.cast(value, g.dtype)) for g in present]
+    return [None if g is None else tf.clip_by_value(g, -value, value) for g in grads]
+
+
+def _clip_per_variable(grads: list[Grad], norms: list[Norm | None], limit: float,
+                       hits: list[tf.Tensor]) -> list[Grad]:
+    """Each gradient scaled to norm at most `limit`."""
+    hits += [_value(n) > limit for n in norms if n is not None]
+    return [None if g is None else _scale(g, n, limit) for g, n in zip(grads, norms)]
+
+
+def _clip_per_group(grads: list[Grad], norms: list[Norm | None], groups: list[int], group_ids: list[int],
+                    limit: float, hits: list[tf.Tensor]) -> list[Grad]:
+    """The gradients of each parameter group scaled together to a joint norm at most `limit`."""
+    grads = list(grads)
+    for gi in group_ids:
+        idx = [i for i, x in enumerate(groups) if x == gi and grads[i] is not None]
+        if not idx:
+            continue
+        n = _combine([norms[i] for i in idx])
+        hits.append(_value(n) > limit)
+        for i in idx:
+            grads[i] = _scale(grads[i], n, limit)
+    return grads
+
+
+def _clip_global(grads: list[Grad], norms: list[Norm | None], limit: float, hits: list[tf.Tensor]) -> list[Grad]:
+    """All gradients scaled together to a global norm at most `limit`."""
+    n = _combine(norms)
+    hits.append(_value(n) > limit)
+    return [None if g is None else _scale(g, n, limit) for g in grads]
