@@ -411,12 +411,6 @@ def build(names: Sequence[Any], *, num_classes: int | None, from_logits: bool,
     return out
 
 
-def scalar(value: Any) -> float | None:
-    """A metric result as a float, or None for non-scalar results (confusion matrix)."""
-    arr = np.asarray(value)
-    return float(arr) if arr.ndim == 0 else None
-
-
 # ----------------------------------------------------------------------------- multi-label
 
 _ML_AVERAGES = ("micro", "macro", "weighted", "samples")
