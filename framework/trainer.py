@@ -15,10 +15,10 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from framework import errors, registry
 from framework import jit as jit_lib
 from framework import losses as losses_lib
 from framework import outputs as outputs_lib
-from framework import registry
 from framework.config import ExperimentConfig
 from framework.data import pipeline, preflight
 from framework.optim import groups as groups_lib
@@ -374,7 +374,7 @@ def _build_model(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, data: 
             out = model(dummy, training=False)  # creates every variable inside the scope
         except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
             raise ValueError(f"task.train_data: features {_spec_text(x_spec)} do not fit model {t.model.name!r}: "
-                             f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+                             f"{errors.first_line(e)}") from None
         heads = outputs_lib.build_heads(t, model, out, data.train.dataset.element_spec[1])
         loss_fn = heads[0].loss_fn if heads[0].key is None else {h.key: h.loss_fn for h in heads}
         head_metrics = outputs_lib.build_metrics(t, heads)
