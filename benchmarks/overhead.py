@@ -105,6 +105,7 @@ def _eager(kind: str, quick: bool) -> Callable[[int], None]:
     return run
 
 
+FIT_SPE = 50  # fit's steps_per_execution in the (e) variants
 FIT_BEST = ("d_fit", "e_fit_spe", "e_fit_jit", "e_fit_spe_jit")
 RAW_BEST = ("a_raw_xla", "a_raw", "a_raw_xla_step")
 
@@ -126,9 +127,9 @@ def measure(kind: str, *, quick: bool, reps: int, steps: int) -> dict[str, Any]:
         "c_tapeline_jit": _tapeline(kind, quick, True, steps),
         "c_tapeline_nojit": _tapeline(kind, quick, False, steps),
         "d_fit": fit_runner(kind, quick),
-        "e_fit_spe": fit_runner(kind, quick, steps_per_execution=50, jit_compile=False),
+        "e_fit_spe": fit_runner(kind, quick, steps_per_execution=FIT_SPE, jit_compile=False),
         "e_fit_jit": fit_runner(kind, quick, jit_compile=True),
-        "e_fit_spe_jit": fit_runner(kind, quick, steps_per_execution=50, jit_compile=True),
+        "e_fit_spe_jit": fit_runner(kind, quick, steps_per_execution=FIT_SPE, jit_compile=True),
         "f_eager": _eager(kind, quick),
     }
     # Steps per timed call: fewer where one step is slow (the eager loop; XLA around convolutions
@@ -244,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
             profile(k, quick=a.quick, steps=a.profile_steps, log_dir=os.path.join(a.out_dir, "profile", k))
         return 0
     reps, steps = (1, 5) if a.quick else (a.reps, a.steps)
+    if not a.quick and steps % FIT_SPE:
+        # fit with steps_per_execution runs whole executions: k and 2k steps must be multiples
+        # of it, or the steady-state difference of those variants counts steps that never ran.
+        p.error(f"--steps: expected a multiple of {FIT_SPE} (fit's steps_per_execution); got {steps}")
     results = [measure(k, quick=a.quick, reps=reps, steps=steps) for k in a.models.split(",")]
     data = {"machine": common.machine(), "quick": a.quick, "results": results}
     tab = table(results)

@@ -126,3 +126,12 @@ def test_end_to_end_quick(tmp_path):
     assert set(r["steps_per_sec"]) == {"cli", "raw", "fit"} and all(v > 0 for v in r["steps_per_sec"].values())
     assert set(r["ratios"]) == {"cli_vs_raw", "cli_vs_fit"}
     assert len(r["samples"]["cli"]) == r["reps"] == 1
+
+
+def test_overhead_steps_must_be_whole_fit_executions(capsys):
+    from benchmarks import overhead
+
+    with pytest.raises(SystemExit) as e:
+        overhead.main(["--steps=30", "--models=mlp"])
+    assert e.value.code == 2
+    assert "--steps: expected a multiple of 50 (fit's steps_per_execution); got 30" in capsys.readouterr().err
