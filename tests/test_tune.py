@@ -242,6 +242,7 @@ def _resolver(*overrides):
     return resolve
 
 
+@pytest.mark.slow  # ~80 s: a grid of real CLI trials; the default suite keeps the 3-trial study
 def test_grid_sampler_runs_every_combination_once_like_a_sweep(tmp_path):
     space = {"optimizer.name": {"type": "categorical", "choices": ["sgd", "adam"]},
              "optimizer.learning_rate": {"type": "float", "low": 0.1, "high": 0.3, "step": 0.1}}
