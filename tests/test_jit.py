@@ -65,6 +65,29 @@ def test_plan_on_one_device():
         jit_lib.plan(default, "yes", _dense())
 
 
+def _attention(*, mask_zero, masking=False):
+    inp = keras.Input((6,), dtype="int32")
+    h = keras.layers.Embedding(10, 4, mask_zero=mask_zero)(inp)
+    if masking:
+        h = keras.layers.Masking()(h)
+    h = keras.layers.MultiHeadAttention(2, 2)(h, h)
+    return keras.Model(inp, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling1D()(h)))
+
+
+def test_attention_under_a_padding_mask_gets_one_step_per_xla_call():
+    default = tf.distribute.get_strategy()
+    masked = jit_lib.plan(default, "auto", _attention(mask_zero=True))
+    assert masked.whole_step and masked.group_steps == 1
+    assert masked.reason.endswith("one step per XLA call: attention under a padding mask")
+    assert jit_lib.plan(default, "auto", _attention(mask_zero=False, masking=True)).group_steps == 1
+    unmasked = jit_lib.plan(default, "auto", _attention(mask_zero=False))
+    assert unmasked.group_steps == jit_lib.GROUP_STEPS and "mask" not in unmasked.reason
+    inp = keras.Input((6,), dtype="int32")  # a mask without attention keeps the XLA loop
+    pooled = keras.Model(inp, keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(10, 4, mask_zero=True)(inp)))
+    assert jit_lib.plan(default, "auto", pooled).group_steps == jit_lib.GROUP_STEPS
+    assert jit_lib.plan(default, False, _attention(mask_zero=True)).group_steps == 1
+
+
 def test_writes_through_assign_is_a_type_rule():
     assert update_lib.writes_through_assign(keras.optimizers.Adam())
     assert update_lib.writes_through_assign(keras.optimizers.SGD())

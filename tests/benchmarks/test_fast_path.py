@@ -166,3 +166,16 @@ def test_an_optimizer_outside_keras_conventions_keeps_the_conditional_update():
         _skipped_step_changes_nothing(t)
     finally:
         registry.OPTIMIZERS.unregister("test_own_sgd")
+
+
+def test_the_text_transformer_gets_whole_step_xla_one_step_per_call_at_the_defaults():
+    from benchmarks import common
+
+    t = trainer_lib.build(common.tapeline_config("transformer", quick=True, steps_per_loop=4),
+                          tf.distribute.get_strategy())
+    assert t.steps.jit_compile and t.steps.xla_group_steps == 1  # attention under mask_zero
+    assert t.jit_reason.endswith("one step per XLA call: attention under a padding mask")
+    before = [v.numpy().copy() for v in t.model.trainable_variables]
+    result = t.steps.train_loop(iter(t.train_dataset(start_step=0)), 4, _active(t))
+    assert result.steps_done == 4 and int(t.global_step.numpy()) == 4
+    assert all(not np.array_equal(b, v.numpy()) for b, v in zip(before, t.model.trainable_variables))
