@@ -13,16 +13,18 @@ Variants, measured in one process, interleaved, after a warm-up, median of --rep
   e  Keras fit with steps_per_execution=50, with jit_compile=True, and with both; the best of
      {d, e} per repetition is "fit at its best"
   f  eager GradientTape loop
-Every variant is timed in its steady state: after a short untimed call, one call of k steps and
-one of 2k steps in the same repetition (in alternating order), steps/s = k / (t(2k) - t(k)), so
-a fixed cost per call (fit's set-up per `fit()`, tapeline's per-loop host reads) does not count;
-the JSON keeps both call times of every repetition. tapeline's calls include the host reads the
+Every variant is timed in its steady state: calls of k, 2k, 2k and k steps in the same
+repetition, t(k) and t(2k) each the shorter of its two calls, steps/s = k / (t(2k) - t(k)), so
+a fixed cost per call (fit's set-up per `fit()`, tapeline's per-loop host reads) does not count,
+nor a stall that hits some calls only (`steady_times`); the JSON keeps t(k), t(2k) of every
+repetition. tapeline's calls include the host reads the
 controller makes per loop; the controller's own Python work is measured end to end through the
 CLI by `benchmarks/end_to_end.py`. Writes benchmarks/results/overhead.{json,md,png}.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Any, Callable
@@ -111,28 +113,27 @@ FIT_BEST = ("d_fit", "e_fit_spe", "e_fit_jit", "e_fit_spe_jit")
 RAW_BEST = ("a_raw_xla", "a_raw", "a_raw_xla_step")
 
 
-def steady_times(fn: Callable[[int], None], k: int, *, rep: int = 0) -> tuple[float, float]:
-    """(t(k), t(2k)) of `fn` in its steady state, after a short untimed call.
+def steady_times(fn: Callable[[int], None], k: int) -> tuple[float, float]:
+    """(t(k), t(2k)) of `fn` in its steady state: each the shorter of two calls, run k, 2k, 2k, k.
 
-    The untimed call absorbs what the first call after another variant pays (caches, thread
-    pools, prefetch buffers refilled); in a recorded Transformer run without it, the Keras `fit`
-    variants with XLA came out at up to 4.7x the raw limit, which rerun alone they never do. The
-    order of the two timed calls alternates with `rep`, so any cost left on the first call after
-    the switch falls on t(k) in half the repetitions and on t(2k) in the other half (medians).
+    Taking the shorter of two drops a cost that hits some calls and not others. Keras `fit`
+    pays one: each `fit()` makes a new iterator over its dataset and destroys the last one, and
+    that destruction (the AUTOTUNE'd `map` and `prefetch` shutting down) stalled every few calls
+    by about 2.5 to 4 s on the Transformer (cProfile: the time sits in `fit`'s own frame, not in a
+    step). A single k/2k pair turned such stalls into rates of 3.5 and 82 steps/s for `fit`
+    settings that run at about 9. The palindrome order also puts any cost of the first call
+    after another variant on a call whose twin follows.
     """
-    fn(max(k // 5, 1))
-    if rep % 2:
-        t2 = common.timed(lambda: fn(2 * k))
-        t1 = common.timed(lambda: fn(k))
-    else:
-        t1 = common.timed(lambda: fn(k))
-        t2 = common.timed(lambda: fn(2 * k))
-    return t1, t2
+    t1a = common.timed(lambda: fn(k))
+    t2a = common.timed(lambda: fn(2 * k))
+    t2b = common.timed(lambda: fn(2 * k))
+    t1b = common.timed(lambda: fn(k))
+    return min(t1a, t1b), min(t2a, t2b)
 
 
-def steady_rate(fn: Callable[[int], None], k: int, *, rep: int = 0) -> float:
+def steady_rate(fn: Callable[[int], None], k: int) -> float:
     """Steps/s of `fn` in its steady state: k / (t(2k) - t(k)) (`steady_times`)."""
-    t1, t2 = steady_times(fn, k, rep=rep)
+    t1, t2 = steady_times(fn, k)
     return k / (t2 - t1) if t2 > t1 else 2 * k / t2  # noise made them equal: the plain rate
 
 
@@ -166,23 +167,39 @@ def measure(kind: str, *, quick: bool, reps: int, steps: int) -> dict[str, Any]:
     calls: dict[str, list[list[float]]] = {k: [] for k in variants}  # [t(k), t(2k)] per repetition
     for r in range(reps):
         for k, fn in variants.items():
-            t1, t2 = steady_times(fn, n_steps[k], rep=r)
+            t1, t2 = steady_times(fn, n_steps[k])
             calls[k].append([t1, t2])
             times[k].append(n_steps[k] / (t2 - t1) if t2 > t1 else 2 * n_steps[k] / t2)
         print(f"overhead: {kind} repetition {r + 1}/{reps}", flush=True)
-    # The best raw limit, the best tuned tapeline and fit at its best, per repetition.
-    times["a_raw_best"] = [max(t) for t in zip(*(times[k] for k in RAW_BEST))]
-    times["c_tapeline"] = [max(a, b) for a, b in zip(times["c_tapeline_jit"], times["c_tapeline_nojit"])]
-    times["e_fit_best"] = [max(t) for t in zip(*(times[k] for k in FIT_BEST))]
-    sps = {k: common.median(v) for k, v in times.items()}
-    fit_best_variant = max(FIT_BEST, key=lambda k: sps[k])
-    _, _, batch = common.SIZES[kind]
     b = variants["b_tapeline"]
-    out = {"model": kind, "batch": batch, "steps_per_call": n_steps, "reps": reps, "steps_per_sec": sps,
-           "samples": times, "call_seconds": calls, "b_jit": bool(b.jit), "b_xla_group_steps": int(b.group),
-           "b_jit_reason": b.reason,
-           "fit_best_variant": fit_best_variant}
-    out["examples_per_sec"] = {k: v * batch for k, v in sps.items()}
+    _, _, batch = common.SIZES[kind]
+    return summarize({"model": kind, "batch": batch, "steps_per_call": n_steps, "reps": reps,
+                      "samples": times, "call_seconds": calls, "b_jit": bool(b.jit),
+                      "b_xla_group_steps": int(b.group), "b_jit_reason": b.reason})
+
+
+# The combined rows: each is the variant of its set with the highest median in this run (its
+# samples, unchanged). A per-repetition maximum over noisy variants would be biased upward.
+BEST_OF = {"a_raw_best": RAW_BEST, "c_tapeline": ("c_tapeline_jit", "c_tapeline_nojit"), "e_fit_best": FIT_BEST}
+
+
+def summarize(raw: dict[str, Any]) -> dict[str, Any]:
+    """Medians, best variants, ratios and targets of one model's measured samples.
+
+    `raw` holds what `measure` recorded (model, batch, steps_per_call, reps, samples per
+    variant, call_seconds, the (b) plan); the result adds steps_per_sec, examples_per_sec,
+    best_variant (per combined row), ratios and targets. Also re-aggregates a saved JSON
+    (`--from_json`).
+    """
+    out = {k: v for k, v in raw.items() if k not in ("steps_per_sec", "examples_per_sec", "ratios", "targets")}
+    times = {k: v for k, v in raw["samples"].items() if k not in BEST_OF}
+    medians = {k: common.median(v) for k, v in times.items()}
+    best = {row: max(members, key=lambda k: medians[k]) for row, members in BEST_OF.items()}
+    for row, k in best.items():
+        times[row] = times[k]
+    sps = {k: common.median(v) for k, v in times.items()}
+    out.update(samples=times, steps_per_sec=sps, best_variant=best, fit_best_variant=best["e_fit_best"],
+               examples_per_sec={k: v * raw["batch"] for k, v in sps.items()})
 
     def ratio(k: str, ref: str) -> float:
         # Median of the per-repetition ratios: variants of one repetition ran back to back, so
@@ -191,7 +208,7 @@ def measure(kind: str, *, quick: bool, reps: int, steps: int) -> dict[str, Any]:
 
     out["ratios"] = {k: {"vs_raw": ratio(k, "a_raw_best"), "vs_fit": ratio(k, "d_fit"),
                          "vs_fit_best": ratio(k, "e_fit_best")} for k in sps}
-    fit_target = {"mlp": 1.5, "transformer": 1.2}.get(kind)
+    fit_target = {"mlp": 1.5, "transformer": 1.2}.get(raw["model"])
     out["targets"] = {
         "b_vs_raw >= 0.95": out["ratios"]["b_tapeline"]["vs_raw"],
         "b_vs_fit_best >= 1.0": out["ratios"]["b_tapeline"]["vs_fit_best"],
@@ -239,12 +256,13 @@ def table(results: list[dict[str, Any]]) -> str:
     lines.append("")
     for r in results:
         lines.append(f"{r['model']}: (b) chose jit_compile={r['b_jit']} ({r['b_jit_reason']}), "
-                     f"{r['b_xla_group_steps']} step(s) per XLA call; fit at its best was "
+                     f"{r['b_xla_group_steps']} step(s) per XLA call; raw limit: "
+                     f"{LABELS[r['best_variant']['a_raw_best']].removeprefix('(a) raw limit, ')}; fit at its best: "
                      f"{LABELS[r['fit_best_variant']].removeprefix('(e) ').removeprefix('(d) ')}. Targets: "
                      + "; ".join(f"{k}: {v:.2f} {'met' if v >= float(k.split('>= ')[1]) else 'MISSED'}"
                                  for k, v in r["targets"].items()))
-    lines.append(f"\nSteady-state steps/s (k / (t(2k) - t(k)), both calls after a short untimed one, their "
-                 f"order alternating), medians of {results[0]['reps']} interleaved repetitions after a "
+    lines.append(f"\nSteady-state steps/s (k / (t(2k) - t(k)), each time the shorter of two calls, run k, 2k, "
+                 f"2k, k), medians of {results[0]['reps']} interleaved repetitions after a "
                  f"warm-up (ratios: medians of the per-repetition ratios); k per call: "
                  + "; ".join(f"{r['model']}: " + ", ".join(f"{k}={v}" for k, v in r["steps_per_call"].items())
                              for r in results) + ".")
@@ -259,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="mlp,cnn,transformer")
     p.add_argument("--out_dir", default=common.RESULTS)
     p.add_argument("--name", default="overhead", help="result files <name>.{json,md,png} (quick: <name>_quick)")
+    p.add_argument("--from_json", default="",
+                   help="no timing: rebuild <name>.{json,md,png} from the samples of a recorded <name>.json")
     p.add_argument("--profile_steps", type=int, default=0,
                    help="only profile: N steps of (b) per model under the TensorBoard profiler into "
                         "<out_dir>/profile/<model> (view with tensorboard --logdir; needs tensorboard-plugin-profile)")
@@ -269,12 +289,18 @@ def main(argv: list[str] | None = None) -> int:
             profile(k, quick=a.quick, steps=a.profile_steps, log_dir=os.path.join(a.out_dir, "profile", k))
         return 0
     reps, steps = (1, 5) if a.quick else (a.reps, a.steps)
-    if not a.quick and steps % FIT_SPE:
+    if not a.quick and not a.from_json and steps % FIT_SPE:
         # fit with steps_per_execution runs whole executions: k and 2k steps must be multiples
         # of it, or the steady-state difference of those variants counts steps that never ran.
         p.error(f"--steps: expected a multiple of {FIT_SPE} (fit's steps_per_execution); got {steps}")
-    results = [measure(k, quick=a.quick, reps=reps, steps=steps) for k in a.models.split(",")]
-    data = {"machine": common.machine(), "quick": a.quick, "results": results}
+    if a.from_json:  # re-aggregate a recorded run (its samples, machine and date) with this code
+        with open(a.from_json, encoding="utf-8") as f:
+            data = json.load(f)
+        data["results"] = [summarize(r) for r in data["results"]]
+        results = data["results"]
+    else:
+        results = [measure(k, quick=a.quick, reps=reps, steps=steps) for k in a.models.split(",")]
+        data = {"machine": common.machine(), "quick": a.quick, "results": results}
     tab = table(results)
     name = f"{a.name}_quick" if a.quick else a.name
     paths = common.write(name, data, tab, out_dir=a.out_dir)
