@@ -117,11 +117,11 @@ def steady_times(fn: Callable[[int], None], k: int) -> tuple[float, float]:
     """(t(k), t(2k)) of `fn` in its steady state: each the shorter of two calls, run k, 2k, 2k, k.
 
     Taking the shorter of two drops a cost that hits some calls and not others. Keras `fit`
-    pays one: each `fit()` makes a new iterator over its dataset and destroys the last one, and
-    that destruction (the AUTOTUNE'd `map` and `prefetch` shutting down) stalled every few calls
-    by about 2.5 to 4 s on the Transformer (cProfile: the time sits in `fit`'s own frame, not in a
-    step). A single k/2k pair turned such stalls into rates of 3.5 and 82 steps/s for `fit`
-    settings that run at about 9. The palindrome order also puts any cost of the first call
+    pays one: on the Transformer every few `fit()` calls took 2.5 to 4 s longer than the others,
+    with the extra time in `fit`'s own frame, not in a step (cProfile). Most likely it is the
+    teardown of the iterator each `fit()` makes over its dataset (an AUTOTUNE'd `map` and
+    `prefetch`); that cause is not proven. A single k/2k pair turned such stalls into rates of
+    3.5 and 82 steps/s for `fit` settings that run at about 9. The palindrome order also puts any cost of the first call
     after another variant on a call whose twin follows.
     """
     t1a = common.timed(lambda: fn(k))
