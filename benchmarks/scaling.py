@@ -72,7 +72,9 @@ def _child(a: argparse.Namespace) -> int:
     out: dict[str, Any] = {"setup": setup, "replicas": strategy.num_replicas_in_sync, "models": {}}
     for model_kind in a.models.split(","):
         _, _, batch = common.SIZES[model_kind]
-        model_steps = max(2, steps // 3) if model_kind == "cnn" and not a.quick else steps
+        # A call of a few seconds at most: the CNN's step is ~4x the MLP's, the Transformer's ~15x.
+        divisor = {"cnn": 3, "transformer": 5}.get(model_kind, 1)
+        model_steps = max(2, steps // divisor) if not a.quick else steps
         variants: dict[str, Callable[[int], Any]] = {}
         failed: dict[str, str] = {}
         cfg = common.tapeline_config(model_kind, quick=a.quick, steps_per_loop=model_steps,
@@ -345,8 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny MLP, Mirrored over 1/2, 2 workers, 1 repetition")
     p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--steps", type=int, default=100, help="steps per timed call (a third for the CNN)")
-    p.add_argument("--models", default=None, help="default mlp,cnn (quick: mlp)")
+    p.add_argument("--steps", type=int, default=100,
+                   help="steps per timed call (a third for the CNN, a fifth for the Transformer)")
+    p.add_argument("--models", default=None, help="default mlp,cnn,transformer (quick: mlp)")
     p.add_argument("--replicas", default=None, help="Mirrored replica counts (default 1,2,4; quick: 1,2)")
     p.add_argument("--workers", default=None, help="multi-worker process counts (default 2,4; quick: 2; 0: skip)")
     p.add_argument("--timeout_s", type=float, default=1800.0, help="bound on each setup's process(es)")

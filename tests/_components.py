@@ -19,10 +19,15 @@ def set_arrays(key: str, x: np.ndarray, y: np.ndarray, w: np.ndarray | None = No
 if "test_linear" not in registry.MODELS:
     @registry.register_model("test_linear")
     def test_linear(units: int = 1, inputs: int = 3, zero_init: bool = False, hidden: int = 0,
-                    dropout: float = 0.0, batchnorm: bool = False, sync_bn: bool = False) -> keras.Model:
+                    dropout: float = 0.0, batchnorm: bool = False, sync_bn: bool = False,
+                    conv: int = 0) -> keras.Model:
         init = "zeros" if zero_init else "glorot_uniform"
         x_in = keras.Input((inputs,), name="x")
         h = x_in
+        if conv:  # a convolution: `jit_compile: auto` keeps XLA off its forward and backward pass on CPU
+            h = keras.layers.Reshape((inputs, 1))(h)
+            h = keras.layers.Conv1D(conv, 2, activation="relu", name="conv")(h)
+            h = keras.layers.Flatten()(h)
         if hidden:
             h = keras.layers.Dense(hidden, activation="relu", name="hidden")(h)
             if batchnorm:

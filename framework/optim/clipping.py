@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from framework.config import ClipConfig
@@ -29,6 +30,10 @@ def _dense(g: tf.Tensor | tf.IndexedSlices | None) -> Grad:
 # implementations (LAPACK's nrm2). A plain sum of squares overflows once |g| passes ~1.8e19, and
 # the NaN clip factor that follows would be written into every weight.
 Norm = tuple[tf.Tensor, tf.Tensor]
+
+# The smallest normal float32: a sum of squares at or above it (and finite) loses nothing to
+# underflow, so its square root is the norm to float32 precision.
+_NORMAL_MIN = float(np.finfo(np.float32).tiny)
 
 
 def _var_norm(g: Grad) -> Norm | None:
@@ -120,10 +125,14 @@ def clip_gradients(grads: Sequence[tf.Tensor | tf.IndexedSlices | None], *, grou
     global_norm = _threshold(clip, "global_norm")
     group_ids = sorted(set(groups))
 
+    if all(t is None for t in (value, per_variable, per_group, global_norm)):
+        # No clipping (the default): only the statistics, in one pass where that is exact.
+        stats = norm_stats(grads, groups=groups)
+        stats["grad_norm_clipped"] = stats["grad_norm"]
+        stats["clipped"] = tf.constant(0.0)
+        return grads, stats
     norms = [_var_norm(g) for g in grads]
-    stats: dict[str, tf.Tensor] = {"grad_norm": _value(_combine(norms))}
-    for gi in group_ids:
-        stats[f"grad_norm/{gi}"] = _value(_combine([n for n, x in zip(norms, groups) if x == gi]))
+    stats = _robust_stats(norms, groups, group_ids)
     hits: list[tf.Tensor] = []  # per mode, whether it changed something (appended in mode order)
     changed = False
     if value is not None:
@@ -141,6 +150,46 @@ def clip_gradients(grads: Sequence[tf.Tensor | tf.IndexedSlices | None], *, grou
     stats["grad_norm_clipped"] = _value(_combine(norms)) if changed else stats["grad_norm"]
     stats["clipped"] = tf.cast(tf.reduce_any(tf.stack(hits)), tf.float32) if hits else tf.constant(0.0)
     return grads, stats
+
+
+def _robust_stats(norms: Sequence[Norm | None], groups: Sequence[int], group_ids: Sequence[int]) -> dict:
+    stats = {"grad_norm": _value(_combine(norms))}
+    for gi in group_ids:
+        stats[f"grad_norm/{gi}"] = _value(_combine([n for n, x in zip(norms, groups) if x == gi]))
+    return stats
+
+
+def norm_stats(grads: Sequence[Grad], *, groups: Sequence[int]) -> dict[str, tf.Tensor]:
+    """`grad_norm` (global) and `grad_norm/<g>` (per group) of dense gradients (None: skipped).
+
+    One pass over the gradients: the square root of each group's sum of squares. Where that
+    sum cannot be trusted (a square overflows float32 beyond |g| ~ 1.8e19, or the sum is below
+    the smallest normal float32, so underflow may have eaten it, or a gradient is not finite)
+    the scaled (m, r) form of `_var_norm` is computed instead, in a conditional that runs only
+    then. The scaled form alone reads every gradient three times (max |g|, then g / m squared
+    and summed): the CNN's step ran 6% faster without any statistics (benchmarks/ablation.py
+    --model cnn), the MLP's 3%.
+    """
+    group_ids = sorted(set(groups))
+    sums = [None if g is None else tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) for g in grads]
+    zero = tf.constant(0.0, tf.float32)
+
+    def total(idx: Sequence[int]) -> tf.Tensor:
+        parts = [sums[i] for i in idx if sums[i] is not None]
+        return tf.add_n(parts) if parts else zero
+
+    members = [[i for i, x in enumerate(groups) if x == gi] for gi in group_ids]
+    all_sums = tf.stack([total(range(len(grads))), *(total(idx) for idx in members)])
+    # Only sums of at least one gradient are judged (a group whose gradients are all None is 0).
+    judged = tf.constant([any(sums[i] is not None for i in idx) for idx in [range(len(grads)), *members]])
+    trusted = tf.reduce_all(tf.logical_not(judged) | (tf.math.is_finite(all_sums) & (all_sums >= _NORMAL_MIN)))
+
+    def robust() -> list[tf.Tensor]:
+        stats = _robust_stats([_var_norm(g) for g in grads], groups, group_ids)
+        return [stats["grad_norm"], *(stats[f"grad_norm/{gi}"] for gi in group_ids)]
+
+    values = tf.cond(trusted, lambda: tf.unstack(tf.sqrt(all_sums)), robust)
+    return {"grad_norm": values[0], **{f"grad_norm/{gi}": v for gi, v in zip(group_ids, values[1:])}}
 
 
 # Each mode below clips `grads` (None entries pass through) given their current `norms`, and

@@ -98,6 +98,39 @@ def test_huge_or_tiny_finite_gradients_are_clipped_exactly(kw, scale):
     assert st["grad_norm_clipped"] == pytest.approx(_np_norm(ref), rel=1e-5)
 
 
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+@pytest.mark.parametrize("scale", [1.0, 1e25, 1e-30, 1e-21])
+def test_statistics_without_clipping_equal_numpy_for_any_scale(scale, jit):
+    # No clipping mode (the default): one pass where the sums of squares are normal float32s
+    # (scale 1), the scaled form where they overflow (1e25), underflow to 0 (1e-30) or only one
+    # group's sum is subnormal (1e-21 on group 2 alone: ~1e-41).
+    grads = [None if g is None else (g.astype(np.float64) * (scale if scale != 1e-21 else 1.0)).astype(np.float32)
+             for g in G]
+    if scale == 1e-21:
+        grads[3] = (G[3].astype(np.float64) * scale).astype(np.float32)
+    fn = tf.function(lambda gs: clip_gradients(gs, groups=GROUPS, clip=ClipConfig()), jit_compile=True) if jit else \
+        (lambda gs: clip_gradients(gs, groups=GROUPS, clip=ClipConfig()))
+    out, st = fn([None if g is None else tf.constant(g) for g in grads])
+    assert float(st["grad_norm"]) == pytest.approx(_np_norm(grads), rel=1e-5)
+    for gi in (0, 1, 2):
+        want = _np_norm([g for g, x in zip(grads, GROUPS) if x == gi])
+        assert float(st[f"grad_norm/{gi}"]) == pytest.approx(want, rel=1e-5, abs=0.0 if want else 1e-45)
+    assert float(st["grad_norm_clipped"]) == float(st["grad_norm"]) and float(st["clipped"]) == 0.0
+    assert out[2] is None and all(np.array_equal(a.numpy(), b) for a, b in zip(out, grads) if b is not None)
+
+
+def test_statistics_without_clipping_of_non_finite_or_zero_gradients():
+    nan = clip_gradients([tf.constant([np.nan, 1.0]), tf.constant([2.0])], groups=[0, 1], clip=ClipConfig())[1]
+    assert np.isnan(float(nan["grad_norm"])) and np.isnan(float(nan["grad_norm/0"]))
+    assert float(nan["grad_norm/1"]) == pytest.approx(2.0)
+    inf = clip_gradients([tf.constant([np.inf])], groups=[0], clip=ClipConfig())[1]
+    assert not np.isfinite(float(inf["grad_norm"]))
+    zero = clip_gradients([tf.constant([0.0, 0.0]), tf.constant([3.0, 4.0])], groups=[0, 1], clip=ClipConfig())[1]
+    assert float(zero["grad_norm/0"]) == 0.0 and float(zero["grad_norm"]) == pytest.approx(5.0)
+    beyond = clip_gradients([tf.constant([3e38, 3e38])], groups=[0], clip=ClipConfig())[1]
+    assert float(beyond["grad_norm"]) == np.inf  # the norm itself (4.2e38) is not a float32
+
+
 def test_norm_beyond_float32_is_inf_but_clipping_stays_finite():
     big = np.full((4,), 3e38, np.float32)  # norm 6e38: not a float32
     out, st = _clip([big], [0], global_norm=2.0)
