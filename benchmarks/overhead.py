@@ -121,8 +121,8 @@ def steady_times(fn: Callable[[int], None], k: int) -> tuple[float, float]:
     with the extra time in `fit`'s own frame, not in a step (cProfile). Most likely it is the
     teardown of the iterator each `fit()` makes over its dataset (an AUTOTUNE'd `map` and
     `prefetch`); that cause is not proven. A single k/2k pair turned such stalls into rates of
-    3.5 and 82 steps/s for `fit` settings that run at about 9. The palindrome order also puts any cost of the first call
-    after another variant on a call whose twin follows.
+    3.5 and 82 steps/s for `fit` settings that run at about 9. The palindrome order also puts
+    any cost of the first call after another variant on a call whose twin follows.
     """
     t1a = common.timed(lambda: fn(k))
     t2a = common.timed(lambda: fn(2 * k))
