@@ -96,14 +96,23 @@ if "bench_model" not in registry.MODELS:
 
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or ""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "cpu family", "model") and key not in fields:
+                    fields[key] = value.strip()
+                if not line.strip() and fields:  # the first processor's block is enough
                     break
     except OSError:
         pass
+    cpu = fields.get("model name", cpu)
+    if "cpu family" in fields and "model" in fields:
+        # A virtual machine may report only "AMD EPYC": family and model tell two hosts apart
+        # (on 2026-12-02 two such VMs differed 3x in the MLP's step time).
+        cpu += f" (family {fields['cpu family']}, model {fields['model']})"
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "tensorflow": tf.__version__, "keras": keras.__version__, "platform": platform.platform(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

@@ -133,4 +133,8 @@ def test_two_replicas_equal_one_device_with_sparse_gradients(tmp_path, jit):
     # Under Mirrored `auto` resolves to no XLA (it fails there): the path users get.
     two, _ = _train(_cfg(batch=16, accumulation=2, jit=jit, **kw), tmp_path / "two", strategy=mirrored)
     assert two.strategy.num_replicas_in_sync == 2
-    _assert_same_weights(one, two)
+    # With `auto` one device runs the step under XLA and two replicas without it, so the two
+    # sum in different orders: on an AMD EPYC (family 25, model 1) VM one weight of 12 differed
+    # by 2.4e-6 (relative 1.7e-5) after the run. A wrong reduction (a mean of per-replica means,
+    # a clip per replica) moves them by percents.
+    _assert_same_weights(one, two, **({"rtol": 1e-4, "atol": 1e-5} if jit == "auto" else {}))
