@@ -26,8 +26,6 @@ raw limit of `overhead.py`:
   raw_limit      (a) of overhead.py: the plain Keras step in that loop
   grad_norm_alone  (MLP) not a step: only the global gradient norm (a sum of squares over tensors
                  of the MLP's gradient shapes) in that loop; 1000 / its steps/s is the norm's ms
-  grad_norm_scalar_sums  (MLP) the same with each tensor's sum of squares as one reduction to a
-                 scalar (clipping.SUM_PARTS = 1), as before the row sums
 The last two split the gap to the raw limit into the step's own work (step_in_raw_loop vs
 raw_limit) and the inner loop with its input (default vs step_in_raw_loop).
 Timed per compiled inner-loop call plus the step read, as in `overhead.py`. Writes
@@ -51,8 +49,7 @@ from framework.data import pipeline
 
 VARIANTS = {
     "mlp": ("default", "group_1", "group_16", "group_32", "cond_update", "no_grad_stats", "no_metrics",
-            "fixed_batch", "element_pipeline", "step_in_raw_loop", "raw_limit", "grad_norm_alone",
-            "grad_norm_scalar_sums"),
+            "fixed_batch", "element_pipeline", "step_in_raw_loop", "raw_limit", "grad_norm_alone"),
     # No XLA: no steps per XLA call to vary, and the update is a conditional already.
     "cnn": ("default", "gated_update", "no_grad_stats", "no_metrics", "fixed_batch", "element_pipeline",
             "step_in_raw_loop", "raw_limit"),
@@ -82,7 +79,7 @@ def _step_in_raw_loop(t: Any, it: Any, active: tuple[int, ...]) -> Callable[[int
     return run
 
 
-def _grad_norm_alone(quick: bool, scalar_sums: bool = False) -> Callable[[int], None]:
+def _grad_norm_alone(quick: bool) -> Callable[[int], None]:
     model = common.make_model("mlp", quick=quick)
     grads = [tf.random.normal(v.shape) for v in model.trainable_variables]
 
@@ -96,19 +93,13 @@ def _grad_norm_alone(quick: bool, scalar_sums: bool = False) -> Callable[[int], 
             return j + 1, total + stats["grad_norm"]
         return tf.while_loop(lambda j, _: j < n, body, (tf.constant(0), tf.constant(0.0)))[1]
 
-    real = step_lib.clipping.SUM_PARTS
-    try:
-        if scalar_sums:
-            step_lib.clipping.SUM_PARTS = 1
-        loop(tf.constant(2))  # traced while the patch is in force
-    finally:
-        step_lib.clipping.SUM_PARTS = real
+    loop(tf.constant(2))
     return lambda k: loop(tf.constant(k)).numpy()
 
 
 def _variant(name: str, kind: str, quick: bool) -> Callable[[int], None]:
-    if name.startswith("grad_norm_"):
-        return _grad_norm_alone(quick, scalar_sums=name == "grad_norm_scalar_sums")
+    if name == "grad_norm_alone":
+        return _grad_norm_alone(quick)
     if name == "raw_limit":
         return overhead.raw_loop(kind, quick, kind == "mlp")  # the faster of the two (overhead.md)
     real_clip, real_group = step_lib.clipping.clip_gradients, jit_lib.GROUP_STEPS
@@ -175,8 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     lines.append(f"\n{model}, batch {common.SIZES[a.model][2]}, XLA {'on' if a.model == 'mlp' else 'off'}; medians "
                  f"of {reps} interleaved repetitions of {steps} steps. no_grad_stats also drops the non-finite "
                  "check (measurement only)"
-                 + ("; grad_norm_alone is not a step: its ms per step is the gradient norm's own cost "
-                    "(grad_norm_scalar_sums: the same as one sum per tensor)."
+                 + ("; grad_norm_alone is not a step: its ms per step is the gradient norm's own cost."
                     if "grad_norm_alone" in variants else "."))
     table = "\n".join(lines)
     data = {"machine": common.machine(), "quick": a.quick, "steps_per_sec": sps, "samples": samples}

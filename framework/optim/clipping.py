@@ -159,29 +159,6 @@ def _robust_stats(norms: Sequence[Norm | None], groups: Sequence[int], group_ids
     return stats
 
 
-# A large gradient's sum of squares is taken as SUM_PARTS partial sums (rows of a
-# [SUM_PARTS, n / SUM_PARTS] view) and then their sum. XLA on CPU emits a reduction to one
-# scalar as one serial loop on one thread; reductions to a row each are spread over the threads
-# and vectorize. The MLP's gradients (670k numbers) took 0.31-0.32 ms as six scalar sums and
-# 0.12-0.15 ms this way, in an XLA loop on the 2-core VM (2 parts: 0.17, 64 parts: 0.16-0.21).
-# Without XLA it changes nothing (0.22 ms either way).
-SUM_PARTS = 8  # 1: one reduction per gradient (benchmarks/ablation.py measures both)
-_SPLIT_MIN = 8192  # biases and small kernels stay one sum
-
-
-def _sum_of_squares(g: tf.Tensor) -> tf.Tensor:
-    """sum(g ** 2) in float32, as partial sums over rows where g is large (see SUM_PARTS)."""
-    flat = tf.reshape(tf.cast(g, tf.float32), [-1])
-    n = flat.shape[0]
-    if n is None or n < _SPLIT_MIN or SUM_PARTS == 1:
-        return tf.reduce_sum(tf.square(flat))
-    rows = n // SUM_PARTS
-    total = tf.reduce_sum(tf.reduce_sum(tf.square(tf.reshape(flat[:rows * SUM_PARTS], [SUM_PARTS, rows])), axis=1))
-    if rows * SUM_PARTS < n:
-        total += tf.reduce_sum(tf.square(flat[rows * SUM_PARTS:]))
-    return total
-
-
 def norm_stats(grads: Sequence[Grad], *, groups: Sequence[int]) -> dict[str, tf.Tensor]:
     """`grad_norm` (global) and `grad_norm/<g>` (per group) of dense gradients (None: skipped).
 
@@ -194,7 +171,7 @@ def norm_stats(grads: Sequence[Grad], *, groups: Sequence[int]) -> dict[str, tf.
     (benchmarks/ablation.py --model cnn).
     """
     group_ids = sorted(set(groups))
-    sums = [None if g is None else _sum_of_squares(g) for g in grads]
+    sums = [None if g is None else tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) for g in grads]
     # The gradients (not None) of everything, then of each group; a set with none has norm 0.
     sets = [[i for i, s in enumerate(sums) if s is not None and (gi is None or groups[i] == gi)]
             for gi in [None, *group_ids]]

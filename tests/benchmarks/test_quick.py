@@ -115,7 +115,7 @@ def test_ablation_quick(tmp_path):
     data = _files(str(tmp_path), "ablation_quick")
     assert set(data["steps_per_sec"]) == {"default", "group_1", "group_16", "group_32", "cond_update", "no_grad_stats",
                                           "no_metrics", "fixed_batch", "element_pipeline",
-                                          "step_in_raw_loop", "raw_limit", "grad_norm_alone", "grad_norm_scalar_sums"}
+                                          "step_in_raw_loop", "raw_limit", "grad_norm_alone"}
     assert all(v > 0 for v in data["steps_per_sec"].values())
 
 
