@@ -189,7 +189,11 @@ def label_issues(oof: list[dict[str, np.ndarray]], path: str) -> int:
         raise ValueError("--find_label_issues: expected class-id labels (classification); got other labels")
     probs = np.concatenate([o["probs"] for o in oof])[order]
     idx = idx[order]
-    issues = cleanlab.filter.find_label_issues(labels, probs, return_indices_ranked_by="self_confidence")
+    # n_jobs=1: by default cleanlab forks a multiprocessing.Pool, and forking a process whose
+    # TensorFlow thread pools are running can deadlock the children (CI hung 600 s in
+    # Pool.terminate). One process ranks 10^5 examples of 10 classes in well under a second.
+    issues = cleanlab.filter.find_label_issues(labels, probs, return_indices_ranked_by="self_confidence",
+                                               n_jobs=1)
     scores = cleanlab.rank.get_label_quality_scores(labels, probs)
     with atomic.open_text(path) as f:
         w = csv.writer(f)

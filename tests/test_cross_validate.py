@@ -98,6 +98,31 @@ def test_cross_validation_reports_resumes_and_finds_flipped_labels(tmp_path):
         assert int(r["given_label"]) == (i % 3 + 1) % 3 and int(r["suggested_label"]) == i % 3
 
 
+def test_label_issues_rank_in_this_process_without_forking(tmp_path, monkeypatch):
+    # Forking a process that runs TensorFlow can deadlock the children (a CI run hung in
+    # cleanlab's Pool): the ranking must not start a multiprocessing pool.
+    import multiprocessing
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("label_issues started a multiprocessing pool")
+
+    monkeypatch.setattr(multiprocessing, "Pool", no_pool)
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 40)
+    probs = np.full((120, 3), 0.05)
+    probs[np.arange(120), labels] = 0.9
+    probs[[3, 77], :] = [0.05, 0.05, 0.9]  # two examples whose given label the model contradicts
+    order = rng.permutation(120)
+    oof = [{"indices": order[:60], "labels": labels[order[:60]], "probs": probs[order[:60]]},
+           {"indices": order[60:], "labels": labels[order[60:]], "probs": probs[order[60:]]}]
+    path = str(tmp_path / "label_issues.csv")
+    assert cv_lib.label_issues(oof, path) == 2
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(int(r["example"]) for r in rows) == [3, 77]
+    assert all(r["suggested_label"] == "2" for r in rows)
+
+
 def test_missing_cleanlab_is_a_clear_error_before_any_fold(tmp_path, monkeypatch):
     for name in ("cleanlab", "cleanlab.filter", "cleanlab.rank"):
         monkeypatch.setitem(sys.modules, name, None)  # `import cleanlab` now raises ImportError
