@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -131,16 +131,23 @@ class Controller:
         """Whether training stopped for a SIGTERM (the run is unfinished and resumes later)."""
         return self._preempted.is_set()
 
-    def handle_sigterm(self) -> None:
-        """On SIGTERM, finish the current inner loop, checkpoint and stop (preemption)."""
+    def handle_sigterm(self) -> Callable[[], None]:
+        """On SIGTERM, finish the current inner loop, checkpoint and stop (preemption).
+
+        Returns:
+          A callable that puts the previous SIGTERM handler back. Call it when the run ends: a
+          process that goes on after the run (a notebook, the folds of `--mode=cross_validate`)
+          must stop on SIGTERM again, not set a flag of a controller nobody reads.
+        """
         if threading.current_thread() is not threading.main_thread():
-            return
+            return lambda: None
 
         def handler(signum, frame):  # noqa: ARG001 - signal API
             logging.warning("SIGTERM: checkpointing at the end of this loop, then exiting")
             self._preempted.set()
 
-        signal.signal(signal.SIGTERM, handler)
+        previous = signal.signal(signal.SIGTERM, handler)
+        return lambda: signal.signal(signal.SIGTERM, previous)
 
     # ----------------------------------------------------------------- hook plumbing
 

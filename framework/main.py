@@ -180,7 +180,7 @@ def _run_built(cfg: Any, strategy: Any, *, model_dir: str, mode: str, hparams: d
     from framework.hooks import export as export_lib
 
     ctl = controller_lib.Controller(trainer=trainer, model_dir=model_dir, hooks=hooks)
-    ctl.handle_sigterm()
+    restore_sigterm = ctl.handle_sigterm()
     if hparams:
         ctl.summaries.hparams(hparams)
     try:
@@ -203,6 +203,8 @@ def _run_built(cfg: Any, strategy: Any, *, model_dir: str, mode: str, hparams: d
         reason = first_line(text)
         raise UserError(f"cannot write to --model_dir {model_dir!r} ({reason}); the latest complete checkpoint "
                         f"is still {ctl.checkpointer.latest or 'none'}") from None
+    finally:
+        restore_sigterm()
     return {"step": step, "eval": ctl.last_eval, "history": ctl.eval_history, "test": ctl.test_metrics,
             "overfit": ctl.overfit, "controller": ctl,
             "stop_reason": ctl.ctx.stop_reason}

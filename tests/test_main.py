@@ -96,3 +96,30 @@ def test_cli_import_of_a_taken_name_exits_2_naming_both_places(tmp_path):
     assert "experiments.digits_cnn.digits_cnn" in last and "tests._dup_experiment.digits_cnn" in last
     assert "Traceback" not in r.stderr
     assert not os.path.exists(tmp_path / "params.yaml")
+
+
+def test_a_run_puts_the_previous_sigterm_handler_back(tmp_path):
+    # During the run SIGTERM means "checkpoint and stop"; after it, the process (a notebook, the
+    # folds of --mode=cross_validate) must get its own handler again, not a dead controller's.
+    import signal
+
+    from tests import _components  # noqa: F401 - registers test_linear / test_arrays
+
+    seen = []
+
+    def own(signum, frame):  # noqa: ARG001 - signal API
+        seen.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, own)
+    try:
+        x, y = _components.toy_classification(n=32)
+        _components.set_arrays("sigterm", x, y)
+        cfg = _components.make_config(task={"train_data": {"key": "sigterm"}, "eval_data": {"name": ""}},
+                                      trainer={"train_steps": 4, "steps_per_loop": 2})
+        result = main_lib.run(cfg, model_dir=main_lib.check_model_dir(str(tmp_path / "run")), mode="train")
+        assert result["step"] == 4
+        assert signal.getsignal(signal.SIGTERM) is own
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert seen == [signal.SIGTERM] and not result["controller"].preempted
+    finally:
+        signal.signal(signal.SIGTERM, previous)
