@@ -5,7 +5,7 @@ Every case builds a tapeline run through the real path (config -> `trainer.build
 consumes them, and feeds exactly those batches to `model.fit` (no shuffle) on a copy of the
 same model with the same initial weights. float32, no dropout; each case under the default
 `jit_compile: auto` (whole-step XLA on CPU; no XLA for the `*_conv` cases' convolutional
-model) and `false`. Where tapeline differs by design the
+model) and `false` (six cases in the default suite, all with --slow). Where tapeline differs by design the
 case asserts the documented difference instead:
 
 - `optimizer.warmup_steps` multiplies the schedule by min(1, (step + 1) / W) while the schedule
@@ -180,8 +180,13 @@ def _fit(name: str, case: Case, initial: list, batches: list):
 _FIT_CACHE: dict[str, tuple] = {}
 
 
-@pytest.mark.parametrize("jit", JIT, ids=["auto", "nojit"])
-@pytest.mark.parametrize("name", list(CASES))
+# Every case under the default `auto`; without XLA the cases whose step differs most (plain,
+# adaptive, accumulation, clipping, EMA) in the default suite, every case with --slow.
+NOJIT_DEFAULT = {"sgd", "adam", "accumulation", "global_clipnorm", "ema", "adam_conv"}
+
+
+@pytest.mark.parametrize("name,jit", [pytest.param(n, "auto", id=f"{n}-auto") for n in CASES] + [
+    pytest.param(n, False, id=f"{n}-nojit", marks=() if n in NOJIT_DEFAULT else pytest.mark.slow) for n in CASES])
 def test_weights_equal_keras_fit(name, jit, tmp_path):
     case = CASES[name]
     t, initial, batches, result = _tapeline(name, case, jit, str(tmp_path))

@@ -94,8 +94,10 @@ FEATURES = {
 }
 
 
-@pytest.mark.parametrize("jit", ["auto", False])
-@pytest.mark.parametrize("feature", sorted(FEATURES))
+# Every feature under the default (`auto`); without XLA one feature in the default suite, all with --slow.
+@pytest.mark.parametrize("feature,jit", [(f, "auto") for f in sorted(FEATURES)] + [
+    (f, False) if f == "global_norm+groups" else pytest.param(f, False, marks=pytest.mark.slow)
+    for f in sorted(FEATURES)])
 def test_accumulation_of_sparse_gradients_equals_one_big_batch(tmp_path, feature, jit):
     assert _gradient_is_sparse()
     kw = FEATURES[feature]

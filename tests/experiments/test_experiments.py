@@ -81,7 +81,13 @@ def test_the_library_is_registered():
             "image_folder", "image_folder_tfrecord"} <= set(NAMES)
 
 
-@pytest.mark.parametrize("name", NAMES)
+# Each docstring experiment builds its corpus by importing stdlib modules (about 45 s on a slow
+# 2-core VM): byte_lm keeps a text model in the default suite, these two run with --slow.
+SLOW_EXPERIMENTS = {"docstring_family", "docstring_tags"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_EXPERIMENTS else n
+                                  for n in NAMES])
 def test_experiment_runs_a_few_steps_end_to_end(name, tmp_path, data_root, request):
     overrides = _data_overrides(name, data_root)
     if name == "transfer_digits":
@@ -337,6 +343,7 @@ def test_imbalanced_cancer_metrics_under_xla(tmp_path):
 # ----------------------------------------------------------------------------------- tuning
 
 
+@pytest.mark.slow  # a whole study (60-90 s); tests/test_tune.py keeps one end to end in the default suite
 def test_optimizer_tuned_runs_a_small_study(tmp_path):
     """The tuned variant's tune section is valid and drives a 2-trial study on the few-step config."""
     from framework import tune, tune_report
