@@ -35,7 +35,6 @@ from tests import _components as C
 
 BATCH = 8
 STEPS = 5
-JIT = ["auto", False]
 
 
 def _warmup_cosine(lr: float, total: int, warmup: int) -> keras.optimizers.schedules.LearningRateSchedule:

@@ -35,9 +35,10 @@ def _files(out_dir: str, name: str) -> dict:
     return data
 
 
-# Every script in quick mode takes minutes of the 2 cores (processes, compiles): the MLP run
-# of `overhead` stays in the default suite, the rest run with `scripts/test.sh --slow`.
-@pytest.mark.slow  # 100 s on a slow 2-core VM; the overhead module's units stay in tests/benchmarks/test_overhead.py
+# Every script in quick mode takes minutes of the 2 cores (processes, compiles; the MLP run of
+# `overhead` alone 100 s on a slow 2-core VM): they run with `scripts/test.sh --slow`, and the
+# overhead module's units stay in the default suite (tests/benchmarks/test_overhead.py).
+@pytest.mark.slow
 @pytest.mark.parametrize("models", ["mlp", "cnn,transformer"])
 def test_overhead_quick(tmp_path, models):
     _run("benchmarks.overhead", str(tmp_path), f"--models={models}", timeout=420)
