@@ -37,6 +37,12 @@ class Component:
     kwargs: dict = dataclasses.field(default_factory=dict)
 
 
+def own_keys(section: Any) -> list[str]:
+    """The keys the framework reads in a section (its dataclass fields but `kwargs`): what an
+    unknown key's message offers as corrections (`registry.check_kwargs`)."""
+    return [f.name for f in dataclasses.fields(section) if f.name != "kwargs"]
+
+
 @dataclasses.dataclass
 class ModelConfig(Component):
     """`task.model`: the registered model factory and its keyword arguments."""

@@ -21,6 +21,7 @@ import tensorflow as tf
 from framework import losses as losses_lib
 from framework import metrics as metrics_lib
 from framework import registry
+from framework.config import own_keys
 
 
 @dataclasses.dataclass
@@ -90,7 +91,8 @@ def build_heads(task: Any, model: keras.Model, out: Any, label_spec: Any) -> lis
         if isinstance(task.metrics, dict):
             raise ValueError(f"task.metrics: expected a list for model {name!r} (it has one output); "
                              f"got a mapping for outputs {sorted(task.metrics)}")
-        loss_fn = registry.build(registry.LOSSES, task.loss.name, task.loss.kwargs, section="task.loss")
+        loss_fn = registry.build(registry.LOSSES, task.loss.name, task.loss.kwargs, section="task.loss",
+                                 section_keys=own_keys(task.loss))
         kind = losses_lib.label_kind(loss_fn, name=task.loss.name)
         return [Head(key=None, loss_name=task.loss.name, loss_fn=loss_fn, units=_units(out),
                      from_logits=losses_lib.loss_from_logits(loss_fn),
@@ -117,7 +119,8 @@ def build_heads(task: Any, model: keras.Model, out: Any, label_spec: Any) -> lis
         section = task.loss[k]
         o = out[k] if isinstance(out, Mapping) else out[i]
         spec = label_spec[k] if isinstance(label_spec, Mapping) else label_spec[i]
-        loss_fn = registry.build(registry.LOSSES, section.name, section.kwargs, section=f"task.loss.{k}")
+        loss_fn = registry.build(registry.LOSSES, section.name, section.kwargs, section=f"task.loss.{k}",
+                                 section_keys=own_keys(section))
         kind = losses_lib.label_kind(loss_fn, name=section.name)
         heads.append(Head(key=k, loss_name=section.name, loss_fn=loss_fn, units=_units(o),
                           weight=float(task.loss_weights.get(k, 1.0)),

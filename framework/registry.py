@@ -8,11 +8,12 @@ first lookup. Experiment modules are loaded by the entry point (`framework.plugi
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import inspect
 import re
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
@@ -155,7 +156,7 @@ def accepted_kwargs(factory: Callable[..., Any]) -> tuple[set[str], bool]:
 
 
 def check_kwargs(factory: Callable[..., Any], kwargs: Mapping[str, Any], *, section: str,
-                 reserved: tuple[str, ...] = ()) -> None:
+                 reserved: tuple[str, ...] = (), section_keys: Sequence[str] = ()) -> None:
     """Raises ValueError naming any key in `kwargs` that `factory` does not accept.
 
     Args:
@@ -163,6 +164,8 @@ def check_kwargs(factory: Callable[..., Any], kwargs: Mapping[str, Any], *, sect
       kwargs: keyword arguments the config would pass.
       section: the config section they come from, for the message (e.g. 'task.model').
       reserved: parameter names the framework passes itself (not from the config).
+      section_keys: the keys the framework itself reads in this section (`optimizer.learning_rate`):
+        listed in the message and offered as corrections, since a misspelt one lands here.
     """
     names, var_kw = accepted_kwargs(factory)
     if var_kw:
@@ -170,15 +173,21 @@ def check_kwargs(factory: Callable[..., Any], kwargs: Mapping[str, Any], *, sect
     unknown = sorted(set(kwargs) - names)
     if unknown:
         allowed = sorted(names - set(reserved))
+        own = sorted(set(section_keys) - {"kwargs"})
+        hints = [f"{m[0]!r} for {k!r}" for k in unknown
+                 for m in [difflib.get_close_matches(k, own + allowed, n=1, cutoff=0.6)] if m]
         raise ValueError(
             f"{section}: unknown key(s) {', '.join(unknown)} for "
-            f"{getattr(factory, '__name__', factory)!s}; it accepts: {', '.join(allowed) or '(nothing)'}; "
+            f"{getattr(factory, '__name__', factory)!s}"
+            + (f" (did you mean {', '.join(hints)}?)" if hints else "")
+            + (f"; the section's keys: {', '.join(own)}" if own else "")
+            + f"; {getattr(factory, '__name__', 'it')!s} accepts: {', '.join(allowed) or '(nothing)'}; "
             f"got {dict(kwargs)!r}"
         )
 
 
 def build(registry: Registry, name: str, kwargs: Mapping[str, Any], *, section: str,
-          extra: Mapping[str, Any] | None = None) -> Any:
+          extra: Mapping[str, Any] | None = None, section_keys: Sequence[str] = ()) -> Any:
     """Looks up `name`, checks `kwargs` against its signature and calls it.
 
     Args:
@@ -187,9 +196,10 @@ def build(registry: Registry, name: str, kwargs: Mapping[str, Any], *, section: 
       kwargs: the section's keys the framework does not own.
       section: config path for messages.
       extra: arguments the framework adds (passed only if the factory accepts them).
+      section_keys: the section's own keys, for the message of an unknown key (`check_kwargs`).
     """
     factory = registry.get(name)
-    check_kwargs(factory, kwargs, section=section, reserved=tuple(extra or ()))
+    check_kwargs(factory, kwargs, section=section, reserved=tuple(extra or ()), section_keys=section_keys)
     call = dict(kwargs)
     if extra:
         names, var_kw = accepted_kwargs(factory)

@@ -19,7 +19,7 @@ from framework import errors, registry
 from framework import jit as jit_lib
 from framework import losses as losses_lib
 from framework import outputs as outputs_lib
-from framework.config import ExperimentConfig
+from framework.config import ExperimentConfig, own_keys
 from framework.data import pipeline, preflight
 from framework.optim import groups as groups_lib
 from framework.optim import optimizers as optimizers_lib
@@ -146,7 +146,8 @@ class DataSource:
 def _dataset(cfg_section: Any, split: str, section: str) -> DataSource:
     """Calls the section's dataset factory: its source with per-example weights, and its augmentation."""
     factory = registry.DATASETS.get(cfg_section.name)
-    registry.check_kwargs(factory, cfg_section.kwargs, section=section, reserved=("split",))
+    registry.check_kwargs(factory, cfg_section.kwargs, section=section, reserved=("split",),
+                          section_keys=own_keys(cfg_section))
     ds = factory(split=split, **cfg_section.kwargs)
     augment = None
     if isinstance(ds, tuple) and len(ds) == 2 and callable(ds[1]):
@@ -189,7 +190,8 @@ def data_source(section: Any, split: str, key: str) -> tuple[tf.data.Dataset, Ca
 def output_units(cfg: ExperimentConfig, x_spec: Any) -> int:
     """Builds the model (no strategy, nothing traced) only to read its number of outputs."""
     t = cfg.task
-    model = registry.build(registry.MODELS, t.model.name, t.model.kwargs, section="task.model")
+    model = registry.build(registry.MODELS, t.model.name, t.model.kwargs, section="task.model",
+                           section_keys=own_keys(t.model))
     if not isinstance(model, keras.Model):
         raise ValueError(f"task.model: factory {t.model.name!r} must return a keras.Model; "
                          f"got {type(model).__name__}")
@@ -362,7 +364,8 @@ def _build_model(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, data: 
     t = cfg.task
     x_spec = data.train.dataset.element_spec[0]
     with strategy.scope():
-        model = registry.build(registry.MODELS, t.model.name, t.model.kwargs, section="task.model")
+        model = registry.build(registry.MODELS, t.model.name, t.model.kwargs, section="task.model",
+                               section_keys=own_keys(t.model))
         if not isinstance(model, keras.Model):
             raise ValueError(f"task.model: factory {t.model.name!r} must return a keras.Model; "
                              f"got {type(model).__name__}")
@@ -403,7 +406,7 @@ def _build_optimization(cfg: ExperimentConfig, strategy: tf.distribute.Strategy,
     opt_kwargs = {k: v for k, v in o.kwargs.items() if k != "weight_decay" or o.name != "adamw"}
     with strategy.scope():
         optimizer = registry.build(registry.OPTIMIZERS, o.name, opt_kwargs, section="optimizer",
-                                   extra={"learning_rate": o.learning_rate})
+                                   extra={"learning_rate": o.learning_rate}, section_keys=own_keys(o))
         optimizer.build(variables)  # eagerly, in scope, before any trace (docs/design.md#t2)
         global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         lr_factor = tf.Variable(1.0, dtype=tf.float32, trainable=False, name="lr_factor")

@@ -324,7 +324,8 @@ def _check_corners(space: Sequence[Param], resolve: Callable[[Sequence[str]], An
                         section = getattr(section, part)
                     if section.name and any(k.startswith(path + ".") for k in params):
                         registry.check_kwargs(reg.get(section.name), section.kwargs, section=path,
-                                              reserved=_RESERVED.get(path, ()))
+                                              reserved=_RESERVED.get(path, ()),
+                                              section_keys=config_lib.own_keys(section))
             except (ValueError, KeyError) as e:
                 raise ValueError(f"tune.space.{p.key}: the value {value!r} does not fit the config: {e}") from None
 

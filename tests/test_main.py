@@ -88,6 +88,15 @@ def test_cli_bad_override_exits_2_before_building(tmp_path):
     assert not os.path.exists(tmp_path / "params.yaml")
 
 
+def test_cli_misspelt_optimizer_key_exits_2_with_the_key_it_meant(tmp_path):
+    r = _cli("--experiment=digits_cnn", f"--model_dir={tmp_path}", "--params_override=optimizer.learning_rat=0.1",
+             timeout=180)
+    assert r.returncode == 2, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert "optimizer: unknown key(s) learning_rat" in last and "did you mean 'learning_rate'" in last
+    assert "Traceback" not in r.stderr
+
+
 def test_cli_import_of_a_taken_name_exits_2_naming_both_places(tmp_path):
     r = _cli("--experiment=digits_cnn", f"--model_dir={tmp_path}", "--import=tests._dup_experiment", timeout=120)
     assert r.returncode == 2, r.stderr[-2000:]

@@ -29,6 +29,25 @@ def test_build_checks_kwargs_and_passes_extra_only_if_accepted():
         registry.build(r, "t", {"widht": 3}, section="task.model")
 
 
+def test_an_unknown_key_is_offered_the_closest_key_of_the_factory_or_the_section():
+    r = registry.Registry(kind="thing")
+
+    @r.register("t")
+    def t(width=2, depth=1):
+        return width, depth
+
+    own = ["name", "learning_rate", "batch_size"]
+    with pytest.raises(ValueError) as e:
+        registry.build(r, "t", {"widht": 3, "learning_rat": 0.1, "zzz": 1}, section="optimizer", section_keys=own)
+    msg = str(e.value)
+    assert "unknown key(s) learning_rat, widht, zzz for t" in msg
+    assert "did you mean 'learning_rate' for 'learning_rat', 'width' for 'widht'?" in msg
+    assert "the section's keys: batch_size, learning_rate, name" in msg and "t accepts: depth, width" in msg
+    with pytest.raises(ValueError) as e:  # nothing close: no suggestion
+        registry.build(r, "t", {"zzz": 1}, section="task.model")
+    assert "did you mean" not in str(e.value) and "section's keys" not in str(e.value)
+
+
 def test_every_kind_has_a_registry_with_builtins():
     registry.import_builtin_components()
     plugins.load_experiments()

@@ -15,7 +15,7 @@ import keras
 import tensorflow as tf
 
 from framework import registry
-from framework.config import OptimizerConfig
+from framework.config import OptimizerConfig, own_keys
 
 Schedule = Callable[[tf.Tensor], tf.Tensor]
 
@@ -296,7 +296,8 @@ def build(cfg: OptimizerConfig, *, total_steps: int) -> Schedule:
         raise ValueError(f"optimizer.schedule: total_steps must be an integer >= 1; got {total_steps!r}")
     base_lr = _lr(cfg.learning_rate)
     fn = registry.build(registry.SCHEDULES, cfg.schedule.name, cfg.schedule.kwargs, section="optimizer.schedule",
-                        extra={"base_lr": base_lr, "total_steps": int(total_steps)})
+                        extra={"base_lr": base_lr, "total_steps": int(total_steps)},
+                        section_keys=own_keys(cfg.schedule))
     return with_warmup(fn, warmup_steps=cfg.warmup_steps, base_lr=base_lr)
 
 
