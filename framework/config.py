@@ -188,6 +188,9 @@ class RuntimeConfig:
     tpu_timeout_s: float = 30.0
     worker_timeout_s: float = 120.0
     initial_loss_scale: float = 32768.0
+    # tf.data autotuning of the input pipelines (off: freeing an autotuned iterator can wait up
+    # to a minute for its tuning thread; docs/design.md#t12).
+    data_autotune: bool = False
 
 
 @dataclasses.dataclass

@@ -83,7 +83,7 @@ class Trainer:
                 ds = ds.take(overfit).cache().repeat().skip(start_batch % overfit)
             return ds
 
-        return pipeline.distribute(self.strategy, make)
+        return pipeline.distribute(self.strategy, make, autotune=self.cfg.runtime.data_autotune)
 
     def eval_dataset(self) -> tuple[Any, int]:
         """(distributed eval batches, number of batches to run)."""
@@ -96,7 +96,7 @@ class Trainer:
             holder["n"] = nb
             return ds
 
-        ds = pipeline.distribute(self.strategy, make)
+        ds = pipeline.distribute(self.strategy, make, autotune=self.cfg.runtime.data_autotune)
         nb = math.ceil(self.num_eval_examples / d.batch_size)
         if self.cfg.trainer.eval_steps is not None:
             nb = min(nb, self.cfg.trainer.eval_steps)
@@ -121,7 +121,8 @@ class Trainer:
             return pipeline.eval_batches(source, global_batch=d.batch_size, cache=d.cache, num_examples=n,
                                          name="task.test_data", padding=padding)[0]
 
-        return pipeline.distribute(self.strategy, make), math.ceil(n / d.batch_size)
+        ds = pipeline.distribute(self.strategy, make, autotune=self.cfg.runtime.data_autotune)
+        return ds, math.ceil(n / d.batch_size)
 
     def group_lrs(self, step: int) -> dict[str, float]:
         """Current learning rate of every parameter group (for summaries and the log)."""

@@ -557,18 +557,36 @@ def replica_slices(ds: tf.data.Dataset, ctx: tf.distribute.InputContext) -> tf.d
     return ds.map(split, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
 
 
-def distribute(strategy: tf.distribute.Strategy, make: Callable[[], tf.data.Dataset]) -> Any:
-    """Distributes global batches from `make()` so replicas partition each global batch."""
+def distribute(strategy: tf.distribute.Strategy, make: Callable[[], tf.data.Dataset], *,
+               autotune: bool = False) -> Any:
+    """Distributes global batches from `make()` so replicas partition each global batch.
+
+    Args:
+      strategy: the run's strategy.
+      make: builds the dataset of global batches.
+      autotune: tf.data's autotuning (`runtime.data_autotune`). Off by default: an iterator
+        with it keeps an optimization thread that sleeps for a period doubling up to 60 s, and
+        freeing the iterator waited for that sleep to end (docs/design.md#t12): up to 60 s
+        (benchmarks/iterator_release.py), in evaluations, in-process folds and trials, and GC.
+        `AUTOTUNE` parallelism then starts, and stays, at TensorFlow's default (the cores, up
+        to 16); measured on 2 cores: the same batches/s for the in-memory and per-example pipelines.
+    """
 
     def fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-        ds = replica_slices(make(), ctx)
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-        options.deterministic = True
-        return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+        return finalize(replica_slices(make(), ctx), autotune=autotune)
 
     return strategy.distribute_datasets_from_function(
         fn, options=tf.distribute.InputOptions(experimental_fetch_to_device=True))
+
+
+def finalize(ds: tf.data.Dataset, *, autotune: bool = False) -> tf.data.Dataset:
+    """A replica's batches as the loops read them: deterministic, not auto-sharded (the replica
+    slices are taken already), tf.data autotuning as `autotune` says (`distribute`), prefetched."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    options.deterministic = True
+    options.autotune.enabled = autotune
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 def subset(source: tf.data.Dataset, indices: np.ndarray, *, num_examples: int) -> tf.data.Dataset:

@@ -197,3 +197,36 @@ def test_ragged_and_unknown_rank_elements_are_rejected():
                                                                     tf.TensorSpec([], tf.float32)))
     with pytest.raises(ValueError, match="task.eval_data: expected dense tensors of known rank"):
         pipeline.eval_batches(unknown_rank, global_batch=2, cache=False, num_examples=1)
+
+
+def test_the_loops_read_batches_without_tf_data_autotuning_unless_asked():
+    # Freeing an autotuned iterator waited for its tuning thread's sleep (docs/design.md#t12).
+    ds = pipeline.finalize(tf.data.Dataset.range(3))
+    assert ds.options().autotune.enabled is False and ds.options().deterministic is True
+    assert ds.options().experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.OFF
+    assert list(ds.as_numpy_iterator()) == [0, 1, 2]
+    assert pipeline.finalize(tf.data.Dataset.range(3), autotune=True).options().autotune.enabled is True
+
+
+@pytest.mark.parametrize("setting", [None, True])
+def test_every_split_of_a_run_follows_runtime_data_autotune(monkeypatch, setting):
+    from framework import trainer as trainer_lib
+    from tests import _components as C
+
+    x, y = C.toy_classification(n=32)
+    C.set_arrays("autotune", x, y)
+    seen = []
+    real = pipeline.finalize
+
+    def spy(ds, *, autotune=False):
+        seen.append(autotune)
+        return real(ds, autotune=autotune)
+
+    monkeypatch.setattr(pipeline, "finalize", spy)
+    runtime = {} if setting is None else {"data_autotune": setting}
+    cfg = C.make_config(task={"train_data": {"key": "autotune"}, "eval_data": {"name": "test_arrays", "key": "autotune"},
+                              "test_data": {"name": "test_arrays", "key": "autotune"}}, runtime=runtime)
+    t = trainer_lib.build(cfg, tf.distribute.get_strategy())
+    for ds in (t.train_dataset(start_step=0), t.eval_dataset()[0], t.test_dataset()[0]):
+        next(iter(ds))
+    assert seen == [bool(setting)] * 3
