@@ -203,27 +203,17 @@ BAD = {
 }
 
 
-@pytest.fixture(scope="module")
-def bad_runs(tmp_path_factory):
-    """Every bad input through the CLI, the processes run side by side (each exits early)."""
-    procs = {}
-    for name, (flag, _) in BAD.items():
-        d = tmp_path_factory.mktemp(name)
-        cmd = [sys.executable, "-m", "framework.main", *BASE, f"--model_dir={d}", flag]
-        procs[name] = (d, subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                           text=True))
-    out = {}
-    for name, (d, p) in procs.items():
-        _, err = p.communicate(timeout=300)
-        out[name] = (d, p.returncode, err)
-    return out
-
-
+# One process per case: under the suite's two xdist workers a module fixture that ran them all
+# side by side was made once per worker (64 s of setup on each).
 @pytest.mark.parametrize("name", list(BAD))
-def test_bad_tune_input_exits_2_before_any_trial(bad_runs, name):
-    d, code, err = bad_runs[name]
+def test_bad_tune_input_exits_2_before_any_trial(tmp_path, name):
+    flag, expected = BAD[name]
+    d = tmp_path
+    p = subprocess.run([sys.executable, "-m", "framework.main", *BASE, f"--model_dir={d}", flag], cwd=ROOT, env=ENV,
+                       capture_output=True, text=True, timeout=300)
+    code, err = p.returncode, p.stderr
     assert code == 2, (code, err[-2000:])
-    assert BAD[name][1] in err and "Traceback" not in err, err[-2000:]
+    assert expected in err and "Traceback" not in err, err[-2000:]
     assert not [f for f in os.listdir(d) if f.startswith("trial=")]
     if name != "storage":
         assert not (d / "study.db").exists()  # checked before the study is even opened
