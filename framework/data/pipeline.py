@@ -567,7 +567,7 @@ def distribute(strategy: tf.distribute.Strategy, make: Callable[[], tf.data.Data
       autotune: tf.data's autotuning (`runtime.data_autotune`). Off by default: an iterator
         with it keeps an optimization thread that sleeps for a period doubling up to 60 s, and
         freeing the iterator waited for that sleep to end (docs/design.md#t12): up to 60 s
-        (benchmarks/iterator_release.py), in evaluations, in-process folds and trials, and GC.
+        (benchmarks/iterator_release.py); in-process trials, folds and sweeps free old iterators.
         `AUTOTUNE` parallelism then starts, and stays, at TensorFlow's default (the cores, up
         to 16); measured on 2 cores: the same batches/s for the in-memory and per-example pipelines.
     """
