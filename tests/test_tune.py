@@ -209,8 +209,7 @@ BAD = {
 def test_bad_tune_input_exits_2_before_any_trial(tmp_path, name):
     flag, expected = BAD[name]
     d = tmp_path
-    p = subprocess.run([sys.executable, "-m", "framework.main", *BASE, f"--model_dir={d}", flag], cwd=ROOT, env=ENV,
-                       capture_output=True, text=True, timeout=300)
+    p = _cli(d, flag)
     code, err = p.returncode, p.stderr
     assert code == 2, (code, err[-2000:])
     assert expected in err and "Traceback" not in err, err[-2000:]
