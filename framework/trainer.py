@@ -83,7 +83,7 @@ class Trainer:
                 ds = ds.take(overfit).cache().repeat().skip(start_batch % overfit)
             return ds
 
-        return pipeline.distribute(self.strategy, make, autotune=self.cfg.runtime.data_autotune)
+        return self._distribute(make)
 
     def eval_dataset(self) -> tuple[Any, int]:
         """(distributed eval batches, number of batches to run)."""
@@ -96,7 +96,7 @@ class Trainer:
             holder["n"] = nb
             return ds
 
-        ds = pipeline.distribute(self.strategy, make, autotune=self.cfg.runtime.data_autotune)
+        ds = self._distribute(make)
         nb = math.ceil(self.num_eval_examples / d.batch_size)
         if self.cfg.trainer.eval_steps is not None:
             nb = min(nb, self.cfg.trainer.eval_steps)
@@ -121,8 +121,11 @@ class Trainer:
             return pipeline.eval_batches(source, global_batch=d.batch_size, cache=d.cache, num_examples=n,
                                          name="task.test_data", padding=padding)[0]
 
-        ds = pipeline.distribute(self.strategy, make, autotune=self.cfg.runtime.data_autotune)
-        return ds, math.ceil(n / d.batch_size)
+        return self._distribute(make), math.ceil(n / d.batch_size)
+
+    def _distribute(self, make: Callable[[], tf.data.Dataset]) -> Any:
+        """`make()`'s global batches split over the replicas, autotuned as `runtime.data_autotune` says."""
+        return pipeline.distribute(self.strategy, make, autotune=self.cfg.runtime.data_autotune)
 
     def group_lrs(self, step: int) -> dict[str, float]:
         """Current learning rate of every parameter group (for summaries and the log)."""
