@@ -27,16 +27,16 @@ from framework.data import pipeline
 SETTINGS = {"autotune off (default)": False, "autotune on": True}
 
 
-def _iterator(autotune: bool, seed: int) -> Any:
-    x, y = common.synthetic("mlp", 2048)
-    source = pipeline.with_weights(tf.data.Dataset.from_tensor_slices((x, y)))
+def _iterator(arrays: tuple[np.ndarray, np.ndarray], autotune: bool, seed: int) -> Any:
+    source = pipeline.with_weights(tf.data.Dataset.from_tensor_slices(arrays))
     stream = pipeline.train_stream(source, global_batch=256, seed=seed, shuffle_buffer=2048, cache=True)
     return iter(pipeline.finalize(stream, autotune=autotune))
 
 
 def measure(*, iterators: int, age_s: float) -> dict[str, Any]:
     """Release seconds of every iterator, per setting (see the module docstring)."""
-    its = {name: [_iterator(on, seed=k) for k in range(iterators)] for name, on in SETTINGS.items()}
+    arrays = common.synthetic("mlp", 2048)  # one copy: every iterator reads the same examples
+    its = {name: [_iterator(arrays, on, seed=k) for k in range(iterators)] for name, on in SETTINGS.items()}
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < age_s:
         for group in its.values():
