@@ -64,14 +64,15 @@ def build_train_loop(*, strategy: tf.distribute.Strategy, replica_step: Callable
         # layer ran ~50x slower on CPU: docs/design.md#t5): each step is one XLA call.
         run_step = tf.function(one_step, jit_compile=True, autograph=False) if plan.whole_step else one_step
 
-        @tf.function
+        @tf.function(autograph=False)  # an explicit while loop (see _while)
         def loop(iterator, num_steps):
             begin()
-            i = tf.constant(0, tf.int64)
-            while tf.logical_and(i < num_steps, tf.logical_not(policy.halt)):
+
+            def body(i):
                 run_step([next(iterator) for _ in range(micro_batches)])
-                i += 1
-            return end(i)
+                return i + 1
+
+            return end(_while(policy, num_steps, body))
 
         return loop
     return _grouped_loop(one_step, begin, end, policy, plan.group_steps, micro_batches)
@@ -93,11 +94,11 @@ def _grouped_loop(one_step: Callable, begin: Callable, end: Callable, policy: No
             return (j + 1,)
         tf.while_loop(lambda j: j < count, body, (tf.constant(0),))
 
-    @tf.function
+    @tf.function(autograph=False)  # an explicit while loop (see _while)
     def loop(iterator, num_steps):
         begin()
-        i = tf.constant(0, tf.int64)
-        while tf.logical_and(i < num_steps, tf.logical_not(policy.halt)):
+
+        def body(i):
             count = tf.minimum(num_steps - i, group)
             fetched = [[next(iterator) for _ in range(micro_batches)]]
             for k in range(1, group):
@@ -105,10 +106,27 @@ def _grouped_loop(one_step: Callable, begin: Callable, end: Callable, policy: No
                 fetched.append(tf.cond(k < count, lambda: [next(iterator) for _ in range(micro_batches)],
                                        lambda prev=prev: prev))
             xla_steps(tf.nest.map_structure(lambda *ts: tf.stack(ts), *fetched), tf.cast(count, tf.int32))
-            i += count
-        return end(i)
+            return i + count
+
+        return end(_while(policy, num_steps, body))
 
     return loop
+
+
+def _while(policy: NonFinitePolicy, num_steps: tf.Tensor, body: Callable[[tf.Tensor], tf.Tensor]) -> tf.Tensor:
+    """`i = 0; while i < num_steps and not policy.halt: i = body(i)`; returns the final i.
+
+    Written as a `tf.while_loop`, not as a Python `while` for AutoGraph to convert. AutoGraph
+    parsed and transformed the loop function's source once per process: in the MLP's first
+    trace (cProfile) 0.69 of 3.14 s, and 1.47M Python calls where the explicit loop makes 0.80M.
+    Unprofiled, the trace's CPU time went from a median of 1.74 s to 1.60 s (4 interleaved runs
+    each on a noisy 2-core VM, whose spread overlaps): a small share of the time to first step.
+    """
+    def cond(i):
+        return tf.logical_and(i < num_steps, tf.logical_not(policy.halt))
+
+    (i,) = tf.while_loop(cond, lambda i: (body(i),), (tf.constant(0, tf.int64),))
+    return i
 
 
 def build_eval_loop(*, strategy: tf.distribute.Strategy, replica_eval: Callable, meters: EvalMeters,
@@ -126,11 +144,15 @@ def build_eval_loop(*, strategy: tf.distribute.Strategy, replica_eval: Callable,
         traces["eval"] += 1
         meters.reset()
 
-    @tf.function
+    @tf.function(autograph=False)  # an explicit while loop, as the train loop's (`_while`)
     def loop(iterator: Any, num_batches: tf.Tensor):
         begin()
-        for _ in tf.range(num_batches):
+
+        def body(j):
             strategy.run(replica_eval, args=(next(iterator),))
+            return (j + 1,)
+
+        tf.while_loop(lambda j: j < num_batches, body, (tf.constant(0, num_batches.dtype),))
         return _eval_end(num_batches, meters)
 
     return loop

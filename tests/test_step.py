@@ -84,6 +84,27 @@ def test_no_retrace_across_loops_short_last_loop_and_partial_eval_batch(jit):
     assert t.steps.traces["eval"] == 1
 
 
+@JIT
+def test_tracing_the_loops_converts_no_function_with_autograph(jit, monkeypatch):
+    # The loops are explicit while loops (framework.loops._while): AutoGraph's conversion of a
+    # loop function was a large share of the first trace. Count what it is asked to convert.
+    from tensorflow.python.autograph.impl import api as autograph_api
+
+    converted = []
+    real = autograph_api._convert_actual
+    monkeypatch.setattr(autograph_api, "_convert_actual",
+                        lambda entity, *a, **k: converted.append(entity) or real(entity, *a, **k))
+    x, y = C.toy_classification(n=48)
+    C.set_arrays("tr", x, y)
+    cfg = C.make_config(task={"train_data": {"key": "tr"}, "eval_data": {"key": "tr"}}, trainer={"jit_compile": jit})
+    t = _build(cfg)
+    t.steps.train_loop(_iter(t), 3, _active(t))
+    ds, nb = t.eval_dataset()
+    t.steps.eval_loop(iter(ds), nb)
+    assert (t.steps.traces["train"], t.steps.traces["eval"]) == (1, 1)
+    assert converted == []
+
+
 def test_eval_covers_whole_set_once_padding_excluded():
     x, y = C.toy_classification(n=50)
     C.set_arrays("ev", x, y)
