@@ -193,17 +193,20 @@ def data_source(section: Any, split: str, key: str) -> tuple[tf.data.Dataset, Ca
 
 def output_units(cfg: ExperimentConfig, x_spec: Any) -> int:
     """Builds the model (no strategy, nothing traced) only to read its number of outputs."""
-    t = cfg.task
-    model = registry.build(registry.MODELS, t.model.name, t.model.kwargs, section="task.model",
-                           section_keys=own_keys(t.model))
-    if not isinstance(model, keras.Model):
-        raise ValueError(f"task.model: factory {t.model.name!r} must return a keras.Model; "
-                         f"got {type(model).__name__}")
+    model = _make_model(cfg)
     units = _output_units(model)
     if units is None:
-        dummy = tf.nest.map_structure(lambda s: tf.zeros([1, *s.shape], s.dtype), x_spec)
-        units = int(model(dummy, training=False).shape[-1])
+        units = int(model(outputs_lib.dummy_features(x_spec), training=False).shape[-1])
     return int(units)
+
+
+def _make_model(cfg: ExperimentConfig) -> keras.Model:
+    """Calls the `task.model` factory (in the caller's strategy scope) and checks it gave a keras.Model."""
+    m = cfg.task.model
+    model = registry.build(registry.MODELS, m.name, m.kwargs, section="task.model", section_keys=own_keys(m))
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"task.model: factory {m.name!r} must return a keras.Model; got {type(model).__name__}")
+    return model
 
 
 def _output_units(model: keras.Model) -> int | None:
@@ -368,11 +371,7 @@ def _build_model(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, data: 
     t = cfg.task
     x_spec = data.train.dataset.element_spec[0]
     with strategy.scope():
-        model = registry.build(registry.MODELS, t.model.name, t.model.kwargs, section="task.model",
-                               section_keys=own_keys(t.model))
-        if not isinstance(model, keras.Model):
-            raise ValueError(f"task.model: factory {t.model.name!r} must return a keras.Model; "
-                             f"got {type(model).__name__}")
+        model = _make_model(cfg)
         check_inputs(model, x_spec, name="task.train_data")
         if data.eval_source is not None:
             check_inputs(model, data.eval_source.element_spec[0], name="task.eval_data")
