@@ -14,7 +14,7 @@ raw limit of `overhead.py`:
   gated_update   (CNN) the other way round: the gated writes instead of the conditional that a
                  step without whole-step XLA uses
   no_grad_stats  no gradient-norm statistics: this also drops the non-finite gradient check,
-                 which reuses the global norm (so not a valid configuration, only a measurement)
+                 which comes from the norm's sums (so not a valid configuration, only a measurement)
   no_metrics     no training metric (accuracy)
   fixed_batch    the same batch every step instead of the tf.data pipeline (an iterator over a
                  cached, repeated single batch)

@@ -56,12 +56,17 @@ class NonFinitePolicy:
     def grads_ok(self, grads: Sequence[Any], stats: dict[str, tf.Tensor]) -> tf.Tensor:
         """Whether the aggregated `grads` (with their clipping `stats`) may be applied.
 
-        A finite global norm (of the unclipped gradients) implies finite gradients: the full
+        Without clipping the statistics carry the answer (`grads_finite` of
+        `clipping.norm_stats`, from the sums of squares the norms are made of). With clipping
+        a finite global norm (of the unclipped gradients) implies finite gradients: the full
         elementwise check, another pass over every gradient, runs only when it is not (a norm
         beyond float32 of finite gradients is inf too). The decision is also made on what is
         applied: the clipped gradients must be finite with a norm whose square is a float32.
         """
-        ok = tf.cond(tf.math.is_finite(stats["grad_norm"]), lambda: tf.constant(True), lambda: _all_finite(grads))
+        if "grads_finite" in stats:  # the statistics' own check (`clipping.norm_stats`)
+            ok = stats["grads_finite"]
+        else:
+            ok = tf.cond(tf.math.is_finite(stats["grad_norm"]), lambda: tf.constant(True), lambda: _all_finite(grads))
         return tf.logical_and(ok, stats["grad_norm_clipped"] < MAX_APPLIED_NORM)
 
     def begin_loop(self) -> None:

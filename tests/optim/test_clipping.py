@@ -60,7 +60,10 @@ def test_modes_equal_numpy(kw):
     assert st["clipped"] == (1.0 if kw else 0.0)  # every threshold above is hit by G
     for gi in (0, 1, 2):  # every distinct group index, before clipping (group 1 has no gradient)
         assert st[f"grad_norm/{gi}"] == pytest.approx(_np_norm([g for g, x in zip(G, GROUPS) if x == gi]), rel=1e-6)
-    assert set(st) == {"grad_norm", "grad_norm_clipped", "clipped", "grad_norm/0", "grad_norm/1", "grad_norm/2"}
+    # Without a clipping mode the statistics also say whether every entry is finite.
+    assert set(st) == {"grad_norm", "grad_norm_clipped", "clipped", "grad_norm/0", "grad_norm/1", "grad_norm/2",
+                       *(() if kw else ("grads_finite",))}
+    assert st.get("grads_finite", 1.0) == 1.0
 
 
 def test_exact_small_case_and_no_clip_under_threshold():
@@ -116,19 +119,38 @@ def test_statistics_without_clipping_equal_numpy_for_any_scale(scale, jit):
         want = _np_norm([g for g, x in zip(grads, GROUPS) if x == gi])
         assert float(st[f"grad_norm/{gi}"]) == pytest.approx(want, rel=1e-5, abs=0.0 if want else 1e-45)
     assert float(st["grad_norm_clipped"]) == float(st["grad_norm"]) and float(st["clipped"]) == 0.0
+    assert bool(st["grads_finite"])
     assert out[2] is None and all(np.array_equal(a.numpy(), b) for a, b in zip(out, grads) if b is not None)
 
 
-def test_statistics_without_clipping_of_non_finite_or_zero_gradients():
-    nan = clip_gradients([tf.constant([np.nan, 1.0]), tf.constant([2.0])], groups=[0, 1], clip=ClipConfig())[1]
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+def test_statistics_without_clipping_of_non_finite_or_zero_gradients(jit):
+    def stats(gs, groups):
+        fn = lambda: clip_gradients([tf.constant(g, tf.float32) for g in gs], groups=groups, clip=ClipConfig())[1]
+        return tf.function(fn, jit_compile=True)() if jit else fn()
+
+    nan = stats([[np.nan, 1.0], [2.0]], [0, 1])
     assert np.isnan(float(nan["grad_norm"])) and np.isnan(float(nan["grad_norm/0"]))
-    assert float(nan["grad_norm/1"]) == pytest.approx(2.0)
-    inf = clip_gradients([tf.constant([np.inf])], groups=[0], clip=ClipConfig())[1]
-    assert not np.isfinite(float(inf["grad_norm"]))
-    zero = clip_gradients([tf.constant([0.0, 0.0]), tf.constant([3.0, 4.0])], groups=[0, 1], clip=ClipConfig())[1]
+    assert float(nan["grad_norm/1"]) == pytest.approx(2.0) and not bool(nan["grads_finite"])
+    inf = stats([[np.inf]], [0])
+    assert not np.isfinite(float(inf["grad_norm"])) and not bool(inf["grads_finite"])
+    neg = stats([[1.0, -np.inf], [1e30]], [0, 0])  # with an overflowing square beside it
+    assert not np.isfinite(float(neg["grad_norm"])) and not bool(neg["grads_finite"])
+    zero = stats([[0.0, 0.0], [3.0, 4.0]], [0, 1])
     assert float(zero["grad_norm/0"]) == 0.0 and float(zero["grad_norm"]) == pytest.approx(5.0)
-    beyond = clip_gradients([tf.constant([3e38, 3e38])], groups=[0], clip=ClipConfig())[1]
+    assert bool(zero["grads_finite"])
+    beyond = stats([[3e38, 3e38]], [0])
     assert float(beyond["grad_norm"]) == np.inf  # the norm itself (4.2e38) is not a float32
+    assert bool(beyond["grads_finite"])  # ... but every entry is finite
+    # Two groups whose norms are finite but whose global norm (4.2e38) is not, and one beyond.
+    two = stats([[3e38], [3e38], [3.0, 4.0]], [0, 1, 2])
+    assert float(two["grad_norm/0"]) == pytest.approx(3e38, rel=1e-6) and float(two["grad_norm/2"]) == 5.0
+    assert float(two["grad_norm"]) == np.inf and bool(two["grads_finite"])
+    # Squares that overflow in one group (norm 2.8e38, a float32), a trusted group beside it.
+    over = stats([[2e38, 2e38], [1e-30], [3.0]], [0, 1, 1])
+    assert float(over["grad_norm/0"]) == pytest.approx(np.sqrt(8e76), rel=1e-6)
+    assert float(over["grad_norm"]) == pytest.approx(np.sqrt(8e76), rel=1e-6)
+    assert float(over["grad_norm/1"]) == pytest.approx(3.0) and bool(over["grads_finite"])
 
 
 def test_norm_beyond_float32_is_inf_but_clipping_stays_finite():
