@@ -8,6 +8,7 @@ are passed to the factory and checked against its signature when it is built.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -336,6 +337,12 @@ def _coerce_str(value: Any, key: str) -> str:
 _SCALARS = {bool: _coerce_bool, int: _coerce_int, float: _coerce_float, str: _coerce_str}
 
 
+def did_you_mean(key: str, valid: list[str]) -> str:
+    """` (did you mean 'x'?)` for the valid key closest to a misspelt `key`, else ""."""
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _fields(cls: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
 
@@ -365,7 +372,8 @@ def _merge_into(obj: Any, data: Mapping[str, Any], path: str) -> None:
                 continue
             valid = sorted(n for n in fields)
             raise ConfigError(
-                f"unknown config key {full!r}; valid keys at {path or 'the top level'}: {', '.join(valid)}"
+                f"unknown config key {full!r}{did_you_mean(str(key), valid)}; "
+                f"valid keys at {path or 'the top level'}: {', '.join(valid)}"
             )
         current = getattr(obj, key)
         if isinstance(obj, TaskConfig) and key == "loss" and (isinstance(current, dict) or _per_output_loss(value)):

@@ -304,8 +304,8 @@ def _check_key(cfg: Any, key: str) -> None:
             valid = sorted(set(fields) - {"kwargs"} | accepted)
         else:
             valid = sorted(fields)
-        raise ValueError(f"tune.space: unknown config key {key!r}; valid keys at {path or 'the top level'}: "
-                         f"{', '.join(valid)}")
+        raise ValueError(f"tune.space: unknown config key {key!r}{config_lib.did_you_mean(part, valid)}; "
+                         f"valid keys at {path or 'the top level'}: {', '.join(valid)}")
     if dataclasses.is_dataclass(node):
         raise ValueError(f"tune.space: {key!r} is a config section, not a value; got {key!r}")
 

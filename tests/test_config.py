@@ -25,6 +25,17 @@ def test_unknown_key_lists_valid_keys_at_that_level():
         config_lib.resolve({"task": {"model": {"name": "m"}, "train_data": {"name": "d"}}, "trainer": {"stepz": 1}})
 
 
+@pytest.mark.parametrize("section,key,hint", [
+    ("trainer", "train_stepz", " (did you mean 'train_steps'?)"),
+    ("runtime", "precison", " (did you mean 'precision'?)"),
+    ("trainer", "zzzz", ""),  # nothing close: no guess
+])
+def test_misspelt_key_suggests_the_closest_valid_one(section, key, hint):
+    with pytest.raises(config_lib.ConfigError) as e:
+        config_lib.resolve({"task": {"model": {"name": "m"}, "train_data": {"name": "d"}}, section: {key: 1}})
+    assert str(e.value).startswith(f"unknown config key '{section}.{key}'{hint}; valid keys at {section}:")
+
+
 @pytest.mark.parametrize("override,match", [
     ("optimizer.learning_rate=-1", r"optimizer.learning_rate.*> 0.*-1"),
     ("task.train_data.batch_size=0", r"task.train_data.batch_size.*> 0.*0"),

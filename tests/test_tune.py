@@ -188,7 +188,8 @@ def _space(**entries):
 
 BAD = {
     "unknown_component_key": (_space(**{"optimizer.learnin_rate": {"type": "float", "low": 0.1, "high": 0.2}}),
-                              "tune.space: unknown config key 'optimizer.learnin_rate'; valid keys at optimizer:"),
+                              "tune.space: unknown config key 'optimizer.learnin_rate' (did you mean 'learning_rate'?); "
+                              "valid keys at optimizer:"),
     "unknown_key": (_space(**{"trainer.stepz": {"type": "int", "low": 1, "high": 2}}),
                     "tune.space: unknown config key 'trainer.stepz'; valid keys at trainer:"),
     "low_above_high": (_space(**{"optimizer.learning_rate": {"type": "float", "low": 0.5, "high": 0.1}}),
