@@ -142,7 +142,7 @@ def test_statistics_without_clipping_of_non_finite_or_zero_gradients(jit):
     beyond = stats([[3e38, 3e38]], [0])
     assert float(beyond["grad_norm"]) == np.inf  # the norm itself (4.2e38) is not a float32
     assert bool(beyond["grads_finite"])  # ... but every entry is finite
-    # Two groups whose norms are finite but whose global norm (4.2e38) is not, and one beyond.
+    # Two groups whose norms are finite but whose global norm (4.2e38) is not, and a small third.
     two = stats([[3e38], [3e38], [3.0, 4.0]], [0, 1, 2])
     assert float(two["grad_norm/0"]) == pytest.approx(3e38, rel=1e-6) and float(two["grad_norm/2"]) == 5.0
     assert float(two["grad_norm"]) == np.inf and bool(two["grads_finite"])
