@@ -57,7 +57,8 @@ VARIANTS = {
 
 
 def _no_stats(grads: Any, *, groups: Any, clip: Any) -> tuple[list, dict]:  # noqa: ARG001 - clip_gradients's signature
-    return list(grads), {"grad_norm": tf.constant(0.0), "grad_norm_clipped": tf.constant(0.0)}
+    return list(grads), {"grad_norm": tf.constant(0.0), "grad_norm_clipped": tf.constant(0.0),
+                         "grads_finite": tf.constant(True)}
 
 
 def _step_in_raw_loop(t: Any, it: Any, active: tuple[int, ...]) -> Callable[[int], None]:

@@ -7,7 +7,7 @@ reads `status()` once at its end; `state()` is what the checkpoint keeps.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import tensorflow as tf
 
@@ -15,11 +15,6 @@ GROWTH_INTERVAL = 2000  # finite fp16 steps before the loss scale doubles (Keras
 # A step whose applied gradient has a norm at or above sqrt(float32 max) is not applied: its
 # squares overflow in every optimizer that keeps second moments (Adam's `v` would become inf).
 MAX_APPLIED_NORM = 1.8e19
-
-
-def _all_finite(tensors: Sequence[tf.Tensor | None]) -> tf.Tensor:
-    checks = [tf.reduce_all(tf.math.is_finite(t)) for t in tensors if t is not None]
-    return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
 
 
 class NonFinitePolicy:
@@ -53,21 +48,16 @@ class NonFinitePolicy:
         """The factor the loss is multiplied by before the gradient (1.0 without loss scaling)."""
         return self.loss_scale if self.loss_scaling else 1.0
 
-    def grads_ok(self, grads: Sequence[Any], stats: dict[str, tf.Tensor]) -> tf.Tensor:
-        """Whether the aggregated `grads` (with their clipping `stats`) may be applied.
+    def grads_ok(self, stats: dict[str, tf.Tensor]) -> tf.Tensor:
+        """Whether the aggregated gradients whose `clipping.clip_gradients` statistics are
+        `stats` may be applied.
 
-        Without clipping the statistics carry the answer (`grads_finite` of
-        `clipping.norm_stats`, from the sums of squares the norms are made of). With clipping
-        a finite global norm (of the unclipped gradients) implies finite gradients: the full
-        elementwise check, another pass over every gradient, runs only when it is not (a norm
-        beyond float32 of finite gradients is inf too). The decision is also made on what is
-        applied: the clipped gradients must be finite with a norm whose square is a float32.
+        The statistics carry the elementwise check (`grads_finite`, from the norms they are
+        made of): no pass over the gradients or conditional of its own. The decision is also
+        made on what is applied: the clipped gradients' norm must be finite with a square that
+        is a float32.
         """
-        if "grads_finite" in stats:  # the statistics' own check (`clipping.norm_stats`)
-            ok = stats["grads_finite"]
-        else:
-            ok = tf.cond(tf.math.is_finite(stats["grad_norm"]), lambda: tf.constant(True), lambda: _all_finite(grads))
-        return tf.logical_and(ok, stats["grad_norm_clipped"] < MAX_APPLIED_NORM)
+        return tf.logical_and(stats["grads_finite"], stats["grad_norm_clipped"] < MAX_APPLIED_NORM)
 
     def begin_loop(self) -> None:
         """At the start of a compiled loop: not halted."""

@@ -387,7 +387,7 @@ class Steps:
         loss_ok = tf.math.is_finite(global_loss)
         groups = [self.group_of[i] for i in active]
         clipped, stats = clipping.clip_gradients(acc, groups=groups, clip=self.clip)
-        grads_ok = self.policy.grads_ok(acc, stats)
+        grads_ok = self.policy.grads_ok(stats)
         meters = self.train_meters
         meters.loss.update_state(global_loss)
         if meters.output_losses:

@@ -106,11 +106,13 @@ def clip_gradients(grads: Sequence[tf.Tensor | tf.IndexedSlices | None], *, grou
       (clipped gradients, stats) where stats holds float32 scalars: `grad_norm` (global norm
       before clipping), `grad_norm_clipped` (after), `clipped` (1.0 if a mode changed
       something, else 0.0) and `grad_norm/<g>` (norm before clipping) for each distinct group
-      index g; without a clipping mode also `grads_finite`, a bool scalar (every entry
-      finite: `norm_stats`). Norms are computed without overflow: huge but finite gradients (a sum of
-      squares beyond float32) are clipped correctly, and `grad_norm` is inf only if the norm
-      itself exceeds float32. Non-finite gradients give non-finite norms (and NaN from the norm
-      modes), never an error.
+      index g, and `grads_finite`, a bool scalar: every entry of the unclipped gradients is
+      finite (without clipping from `norm_stats`; with clipping from the per-variable norms
+      the modes take anyway, so the check costs no pass of its own). Norms are computed
+      without overflow: huge but finite gradients (a sum of squares beyond float32) are
+      clipped correctly, and `grad_norm` is inf only if the norm itself exceeds float32.
+      Non-finite gradients give non-finite norms (and NaN from the norm modes), never an
+      error.
 
     Raises:
       ValueError: `groups` and `grads` differ in length, or a threshold is not > 0.
@@ -157,6 +159,9 @@ def _robust_stats(norms: Sequence[Norm | None], groups: Sequence[int], group_ids
     stats = {"grad_norm": _value(_combine(norms))}
     for gi in group_ids:
         stats[f"grad_norm/{gi}"] = _value(_combine([n for n, x in zip(norms, groups) if x == gi]))
+    # r = ||g / m|| (entries in [-1, 1]) is finite unless an entry is not: inf / inf or NaN.
+    rs = [r for n in norms if n is not None for r in n[1:]]
+    stats["grads_finite"] = tf.reduce_all(tf.math.is_finite(tf.stack(rs))) if rs else tf.constant(True)
     return stats
 
 

@@ -60,10 +60,10 @@ def test_modes_equal_numpy(kw):
     assert st["clipped"] == (1.0 if kw else 0.0)  # every threshold above is hit by G
     for gi in (0, 1, 2):  # every distinct group index, before clipping (group 1 has no gradient)
         assert st[f"grad_norm/{gi}"] == pytest.approx(_np_norm([g for g, x in zip(G, GROUPS) if x == gi]), rel=1e-6)
-    # Without a clipping mode the statistics also say whether every entry is finite.
+    # With or without a clipping mode the statistics also say whether every entry is finite.
     assert set(st) == {"grad_norm", "grad_norm_clipped", "clipped", "grad_norm/0", "grad_norm/1", "grad_norm/2",
-                       *(() if kw else ("grads_finite",))}
-    assert st.get("grads_finite", 1.0) == 1.0
+                       "grads_finite"}
+    assert st["grads_finite"] == 1.0
 
 
 def test_exact_small_case_and_no_clip_under_threshold():
@@ -151,6 +151,23 @@ def test_statistics_without_clipping_of_non_finite_or_zero_gradients(jit):
     assert float(over["grad_norm/0"]) == pytest.approx(np.sqrt(8e76), rel=1e-6)
     assert float(over["grad_norm"]) == pytest.approx(np.sqrt(8e76), rel=1e-6)
     assert float(over["grad_norm/1"]) == pytest.approx(3.0) and bool(over["grads_finite"])
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+@pytest.mark.parametrize("kw", [dict(value=1.0), dict(per_variable_norm=2.0), dict(per_group_norm=4.0),
+                                dict(global_norm=5.0)], ids=["value", "per_variable", "per_group", "global"])
+def test_every_clipping_mode_says_whether_the_unclipped_gradients_are_finite(kw, jit):
+    # The non-finite policy reads `grads_finite` from the statistics, with or without clipping.
+    def finite(gs, groups):
+        fn = lambda: clip_gradients([tf.constant(g, tf.float32) for g in gs], groups=groups,
+                                    clip=ClipConfig(**kw))[1]["grads_finite"]
+        return bool(tf.function(fn, jit_compile=True)() if jit else fn())
+
+    assert not finite([[np.nan, 1.0], [2.0]], [0, 1])
+    assert not finite([[3.0], [np.inf]], [0, 1])
+    assert not finite([[1.0, -np.inf], [1e30]], [0, 0])
+    assert finite([[0.0, 0.0], [3.0, 4.0]], [0, 1])
+    assert finite([[3e38, 3e38], [1e-30]], [0, 1])  # a norm beyond float32 of finite entries
 
 
 def test_norm_beyond_float32_is_inf_but_clipping_stays_finite():
