@@ -420,7 +420,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _parse_flags(argv: Sequence[str]) -> list[str]:
+def parse_flags(argv: Sequence[str]) -> list[str]:
     """absl's flag parsing, but a bad flag exits with status 2 like every other user error."""
     try:
         return FLAGS(argv)
@@ -436,7 +436,7 @@ def entry() -> None:
     xla_cache.configure()  # before TensorFlow starts: it reads TF_XLA_FLAGS only then
     # The per-loop log lines are the console's progress display: INFO on stderr by default.
     FLAGS.set_default("logtostderr", True)
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

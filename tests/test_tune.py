@@ -18,6 +18,7 @@ import yaml
 from framework import config as config_lib
 from framework import main as main_lib
 from framework import tune, tune_report
+from tests._cli_batch import run_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = ["--experiment=tune_test", "--import=tests._tune_experiment", "--mode=tune"]
@@ -204,19 +205,27 @@ BAD = {
 }
 
 
-# One process per case: under the suite's two xdist workers a module fixture that ran them all
-# side by side was made once per worker (64 s of setup on each).
-@pytest.mark.parametrize("name", list(BAD))
-def test_bad_tune_input_exits_2_before_any_trial(tmp_path, name):
-    flag, expected = BAD[name]
-    d = tmp_path
-    p = _cli(d, flag)
-    code, err = p.returncode, p.stderr
-    assert code == 2, (code, err[-2000:])
-    assert expected in err and "Traceback" not in err, err[-2000:]
-    assert not [f for f in os.listdir(d) if f.startswith("trial=")]
+def _check_refused(model_dir, name, code, err):
+    assert code == 2, (name, code, err[-2000:])
+    assert BAD[name][1] in err and "Traceback" not in err, (name, err[-2000:])
+    assert not [f for f in os.listdir(model_dir) if f.startswith("trial=")], name
     if name != "storage":
-        assert not (d / "study.db").exists()  # checked before the study is even opened
+        assert not (model_dir / "study.db").exists(), name  # checked before the study is even opened
+
+
+def test_bad_tune_input_exits_2_before_any_trial(tmp_path):
+    # The table's command lines in one process (tests/_cli_batch.py: one TensorFlow import, not
+    # eight); the storage case below runs as its own `python -m framework.main` process.
+    names = [n for n in BAD if n != "storage"]
+    dirs = {n: tmp_path / n for n in names}
+    results = run_batch([[*BASE, f"--model_dir={dirs[n]}", BAD[n][0]] for n in names])
+    for n, r in zip(names, results):
+        _check_refused(dirs[n], n, r["code"], r["stderr"])
+
+
+def test_bad_tune_storage_exits_2_from_the_console_script(tmp_path):
+    p = _cli(tmp_path, BAD["storage"][0])
+    _check_refused(tmp_path, "storage", p.returncode, p.stderr)
 
 
 def test_core_split_gives_disjoint_shares():

@@ -1,11 +1,14 @@
 """Bad input rejected (B1-B9): exit status 2, one message naming the flag or field and the value,
-before training starts. Each case is a real `python -m framework.main` process."""
+before training starts. Each case is a `framework.main` command line: a few are their own
+`python -m framework.main` process, the rest share one (tests/_cli_batch.py)."""
+import fcntl
 import json
 import math
 import os
 
 import pytest
 
+from tests._cli_batch import run_batch
 from tests.reliability import _util as U
 
 MIRRORED = ["--cpu_replicas=2", "--strategy=mirrored"]
@@ -48,25 +51,66 @@ CASES = [
 ]
 
 
-# Variants of a check that already runs in the fast subset: run with the slow ones (full table).
-SLOW_VARIANTS = {"B2_lr_negative", "B2_clip_zero", "B2_clip_value_negative", "B4_eval_feature_shape",
-                 "B6_empty_eval_dataset"}
+# Devices are fixed when TensorFlow first starts: the case that asks for replicas, and one case
+# of each kind of check (a flag, the data pre-flight), run as their own `python -m
+# framework.main` process. The others share one process (tests/_cli_batch.py: one TensorFlow
+# import instead of thirteen, about 8-12 s each on 2 cores), run once for all xdist workers.
+OWN_PROCESS = {"B1_unknown_experiment", "B3_batch_not_divisible_by_replicas", "B4_feature_shape"}
+GOOD = "good_control"
 
 
-@pytest.mark.parametrize("args,must,no_params", [
-    pytest.param(*c[1:], id=c[0], marks=[pytest.mark.slow] if c[0] in SLOW_VARIANTS else []) for c in CASES])
-def test_bad_input_is_rejected_before_training(tmp_path, args, must, no_params):
-    d = tmp_path / "run"
-    r = U.cli(*args, f"--model_dir={d}", timeout=180)
-    assert r.returncode == 2, r.out[-3000:]
-    err = [line for line in r.stderr.splitlines() if line.startswith("tapeline: error:")]
-    assert len(err) == 1, r.stderr[-3000:]
+@pytest.fixture(scope="module")
+def batched(tmp_path_factory):
+    """{case id: (result, model_dir)} for every case not in OWN_PROCESS, and a good command line.
+
+    The first xdist worker to ask runs the batch under a lock and leaves its results in the
+    directory all workers share; the other reads them (pytest-xdist's recipe for a fixture made
+    once per session).
+    """
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "bad_input_batch"
+    root.mkdir(exist_ok=True)
+    cases = [(GOOD, [*U.BASE, "--params_override=trainer.train_steps=2"])]
+    cases += [(c[0], c[1]) for c in CASES if c[0] not in OWN_PROCESS]
+    with open(root / "lock", "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = root / "results.json"
+        if not done.exists():
+            results = run_batch([[*args, f"--model_dir={root / name}"] for name, args in cases])
+            done.write_text(json.dumps(results), encoding="utf-8")
+        results = json.loads(done.read_text(encoding="utf-8"))
+    return {name: (r, root / name) for (name, _), r in zip(cases, results)}
+
+
+def _check_rejected(name, code, out, stderr, d, must, no_params):
+    assert code == 2, (name, out[-3000:])
+    err = [line for line in stderr.splitlines() if line.startswith("tapeline: error:")]
+    assert len(err) == 1, (name, stderr[-3000:])
     for s in must:
-        assert s in err[0], (s, err[0])
-    assert "Traceback" not in r.stderr
-    assert "train | step" not in r.out and not os.path.exists(d / "checkpoint")
+        assert s in err[0], (name, s, err[0])
+    assert "Traceback" not in stderr, name
+    assert "train | step" not in out and not os.path.exists(d / "checkpoint"), name
     if no_params:
-        assert not os.path.exists(d / "params.yaml")  # refused before anything was written
+        assert not os.path.exists(d / "params.yaml"), name  # refused before anything was written
+
+
+@pytest.mark.parametrize("name,args,must,no_params", [pytest.param(*c, id=c[0]) for c in CASES])
+def test_bad_input_is_rejected_before_training(request, tmp_path, name, args, must, no_params):
+    if name in OWN_PROCESS:
+        d = tmp_path / "run"
+        r = U.cli(*args, f"--model_dir={d}", timeout=180)
+        _check_rejected(name, r.returncode, r.out, r.stderr, d, must, no_params)
+    else:
+        r, d = request.getfixturevalue("batched")[name]
+        _check_rejected(name, r["code"], r["stdout"] + r["stderr"], r["stderr"], d, must, no_params)
+
+
+def test_a_good_command_line_in_the_shared_process_trains_and_its_progress_is_captured(batched):
+    # Without this the checks that a bad command line printed no progress line and left no
+    # checkpoint would be vacuous.
+    r, d = batched[GOOD]
+    assert r["code"] == 0 and "train | step 2/2" in r["stderr"], r["stderr"][-3000:]
+    assert os.path.exists(d / "checkpoint")
 
 
 def test_b7_partial_batches_on_two_replicas_give_no_nan(tmp_path):
