@@ -1,7 +1,7 @@
 """Several `framework.main` command lines in one process: one TensorFlow import for a table of cases.
 
 A bad-input case is a few milliseconds of checking after 8-12 s of process start (mostly the
-TensorFlow import): a table of them run one process each cost the default suite about 3 minutes
+TensorFlow import): the two tables of them, one process each, cost the default suite about 4 minutes
 of worker time. Each command line here gets fresh flags, its own captured stdout and stderr and
 its exit status, through the console script's own flag parsing and `main`; anything that
 escapes `main` is recorded with its traceback, so a test sees it. Cases that configure devices

@@ -160,7 +160,7 @@ def _robust_stats(norms: Sequence[Norm | None], groups: Sequence[int], group_ids
     for gi in group_ids:
         stats[f"grad_norm/{gi}"] = _value(_combine([n for n, x in zip(norms, groups) if x == gi]))
     # r = ||g / m|| (entries in [-1, 1]) is finite unless an entry is not: inf / inf or NaN.
-    rs = [r for n in norms if n is not None for r in n[1:]]
+    rs = [n[1] for n in norms if n is not None]
     stats["grads_finite"] = tf.reduce_all(tf.math.is_finite(tf.stack(rs))) if rs else tf.constant(True)
     return stats
 
