@@ -8,7 +8,6 @@ are passed to the factory and checked against its signature when it is built.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 import os
@@ -20,7 +19,7 @@ from typing import Any, Mapping, Optional, Union
 import yaml
 from absl import logging
 
-from framework import atomic
+from framework import atomic, registry
 
 
 class ConfigError(ValueError):
@@ -338,9 +337,9 @@ _SCALARS = {bool: _coerce_bool, int: _coerce_int, float: _coerce_float, str: _co
 
 
 def did_you_mean(key: str, valid: list[str]) -> str:
-    """` (did you mean 'x'?)` for the valid key closest to a misspelt `key`, else ""."""
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    """` (did you mean 'x'?)` for the valid key closest to a misspelt `key` (`registry.closest`), else ""."""
+    close = registry.closest(key, valid)
+    return f" (did you mean {close!r}?)" if close else ""
 
 
 def _fields(cls: type) -> dict[str, dataclasses.Field]:

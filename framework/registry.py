@@ -155,6 +155,12 @@ def accepted_kwargs(factory: Callable[..., Any]) -> tuple[set[str], bool]:
     return names, var_kw
 
 
+def closest(key: str, valid: Sequence[str]) -> str | None:
+    """The valid name closest to a misspelt `key` (difflib, ratio >= 0.6), or None."""
+    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
 def check_kwargs(factory: Callable[..., Any], kwargs: Mapping[str, Any], *, section: str,
                  reserved: tuple[str, ...] = (), section_keys: Sequence[str] = ()) -> None:
     """Raises ValueError naming any key in `kwargs` that `factory` does not accept.
@@ -174,8 +180,7 @@ def check_kwargs(factory: Callable[..., Any], kwargs: Mapping[str, Any], *, sect
     if unknown:
         allowed = sorted(names - set(reserved))
         own = sorted(set(section_keys) - {"kwargs"})
-        hints = [f"{m[0]!r} for {k!r}" for k in unknown
-                 for m in [difflib.get_close_matches(k, own + allowed, n=1, cutoff=0.6)] if m]
+        hints = [f"{m!r} for {k!r}" for k in unknown for m in [closest(k, own + allowed)] if m]
         raise ValueError(
             f"{section}: unknown key(s) {', '.join(unknown)} for "
             f"{getattr(factory, '__name__', factory)!s}"
