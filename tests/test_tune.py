@@ -173,6 +173,7 @@ def test_sigterm_mid_trial_checkpoints_requeues_and_the_rerun_resumes_it(tmp_pat
     assert trials[2].user_attrs["run_dir"] == "trial=1" and trials[2].user_attrs["start_step"] == stopped_at
 
 
+@pytest.mark.slow  # 26-75 s in CI runs: three processes; the default suite keeps the 3-trial study and admission
 def test_two_workers_finish_exactly_the_trials(tmp_path):
     r = _cli(tmp_path, "--tune_workers=2", "--params_override=tune.trials=3,trainer.train_steps=4")
     assert r.returncode == 0, r.stderr[-3000:]

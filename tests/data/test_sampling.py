@@ -61,7 +61,8 @@ def test_bad_sampling_labels_and_weights():
         pipeline.sampling_weights({0: 0}, np.array([0, 0]))
 
 
-@pytest.mark.parametrize("jit", [False, "auto"])
+# Without XLA in the slow suite (31-85 s in CI runs): the sampling does not depend on the step's compiler.
+@pytest.mark.parametrize("jit", [pytest.param(False, marks=pytest.mark.slow), "auto"])
 def test_training_with_balanced_sampling_resumes_and_reports_frequencies(tmp_path, jit):
     x, y = C.toy_classification(n=90, seed=0)
     y = np.where(np.arange(90) < 80, 0, 1).astype(np.int32)  # 80:10
