@@ -27,8 +27,8 @@ from typing import Any, Callable, Mapping, Sequence
 import keras
 import tensorflow as tf
 
+from framework import cheap_ops, loops
 from framework import layers as layers_lib
-from framework import loops
 from framework import results as results_lib
 from framework.config import ClipConfig
 from framework.ema import Ema
@@ -384,7 +384,7 @@ class Steps:
         # gradient. Everything below is identical on every replica.
         acc = ctx.all_reduce(tf.distribute.ReduceOp.SUM, acc)
         global_loss = ctx.all_reduce(tf.distribute.ReduceOp.SUM, total_loss)
-        loss_ok = tf.math.is_finite(global_loss)
+        loss_ok = cheap_ops.is_finite(global_loss)
         groups = [self.group_of[i] for i in active]
         clipped, stats = clipping.clip_gradients(acc, groups=groups, clip=self.clip)
         grads_ok = self.policy.grads_ok(stats)

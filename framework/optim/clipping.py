@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from framework import cheap_ops
 from framework.config import ClipConfig
 
 Grad = tf.Tensor | None
@@ -40,9 +41,9 @@ def _var_norm(g: Grad) -> Norm | None:
     if g is None:
         return None
     g = tf.cast(g, tf.float32)
-    m = tf.reduce_max(tf.abs(g))
+    m = cheap_ops.max_abs(g)
     # m == 0: every entry is 0 and so is the norm (0/0 avoided); a NaN or inf entry makes r NaN.
-    r = tf.sqrt(tf.reduce_sum(tf.square(tf.math.divide_no_nan(g, m))))
+    r = cheap_ops.sqrt(tf.reduce_sum(tf.square(tf.math.divide_no_nan(g, m))))
     return m, r
 
 
@@ -56,7 +57,7 @@ def _combine(parts: Sequence[Norm | None]) -> Norm:
     ms = tf.stack([m for m, _ in parts])
     rs = tf.stack([r for _, r in parts])
     top = tf.reduce_max(ms)
-    r = tf.sqrt(tf.reduce_sum(tf.square(tf.math.divide_no_nan(ms, top) * rs)))
+    r = cheap_ops.sqrt(tf.reduce_sum(tf.square(tf.math.divide_no_nan(ms, top) * rs)))
     # A NaN m (NaN gradient) may be dropped by reduce_max: its r is NaN, which r carries.
     return top, r
 
@@ -75,7 +76,7 @@ def _scale(g: tf.Tensor, n: Norm, limit: float) -> tf.Tensor:
     m, r = n
     over = _value(n) > limit  # an inf norm (beyond float32) is over any limit
     scaled = tf.math.divide_no_nan(g, tf.cast(m, g.dtype)) * tf.cast(tf.math.divide_no_nan(limit, r), g.dtype)
-    finite = tf.math.is_finite(m) & tf.math.is_finite(r)
+    finite = cheap_ops.is_finite(m) & cheap_ops.is_finite(r)
     return tf.where(finite, tf.where(over, scaled, g), tf.constant(float("nan"), g.dtype))
 
 
@@ -161,7 +162,7 @@ def _robust_stats(norms: Sequence[Norm | None], groups: Sequence[int], group_ids
         stats[f"grad_norm/{gi}"] = _value(_combine([n for n, x in zip(norms, groups) if x == gi]))
     # r = ||g / m|| (entries in [-1, 1]) is finite unless an entry is not: inf / inf or NaN.
     rs = [n[1] for n in norms if n is not None]
-    stats["grads_finite"] = tf.reduce_all(tf.math.is_finite(tf.stack(rs))) if rs else tf.constant(True)
+    stats["grads_finite"] = tf.reduce_all(cheap_ops.is_finite(tf.stack(rs))) if rs else tf.constant(True)
     return stats
 
 
@@ -192,13 +193,13 @@ def norm_stats(grads: Sequence[Grad], *, groups: Sequence[int]) -> dict[str, tf.
     total = tf.add_n([sums[i] for i in present]) if present else zero
 
     def trusted(v: tf.Tensor) -> tf.Tensor:
-        return tf.math.is_finite(v) & (v >= _NORMAL_MIN)
+        return cheap_ops.is_finite(v) & (v >= _NORMAL_MIN)
 
     judged = [total, *(v for gi, v in zip(group_ids, group_sums) if members[gi])] if present else []
     all_trusted = tf.reduce_all(tf.stack([trusted(v) for v in judged])) if judged else tf.constant(True)
 
     def one_pass() -> list[tf.Tensor]:
-        return [tf.sqrt(total), *(tf.sqrt(v) for v in group_sums), tf.constant(True)]
+        return [cheap_ops.sqrt(total), *(cheap_ops.sqrt(v) for v in group_sums), tf.constant(True)]
 
     def rescaled() -> list[tf.Tensor]:
         parts: list[Norm | None] = []  # each group's norm as (m, r), norm = m * r (see Norm)
@@ -209,9 +210,9 @@ def norm_stats(grads: Sequence[Grad], *, groups: Sequence[int]) -> dict[str, tf.
                 continue
             m, r = _var_norm(tf.concat([tf.reshape(tf.cast(grads[i], tf.float32), [-1]) for i in members[gi]], 0))
             ok = trusted(v)
-            parts.append((tf.where(ok, tf.sqrt(v), m), tf.where(ok, 1.0, r)))
+            parts.append((tf.where(ok, cheap_ops.sqrt(v), m), tf.where(ok, 1.0, r)))
             # r (of entries in [-1, 1]) is finite unless an entry is not: inf / inf or NaN.
-            finite.append(ok | tf.math.is_finite(r))
+            finite.append(ok | cheap_ops.is_finite(r))
         norms = [zero if p is None else _value(p) for p in parts]
         return [_value(_combine(parts)), *norms, tf.reduce_all(tf.stack(finite)) if finite else tf.constant(True)]
 
@@ -227,7 +228,7 @@ def norm_stats(grads: Sequence[Grad], *, groups: Sequence[int]) -> dict[str, tf.
 def _clip_value(grads: list[Grad], value: float, hits: list[tf.Tensor]) -> list[Grad]:
     """Elementwise clip to [-value, value]."""
     present = [g for g in grads if g is not None]
-    hits += [tf.reduce_any(tf.abs(g) > tf.cast(value, g.dtype)) for g in present]
+    hits += [cheap_ops.max_abs(g) > tf.cast(value, g.dtype) for g in present]
     return [None if g is None else tf.clip_by_value(g, -value, value) for g in grads]
 
 
