@@ -228,7 +228,8 @@ def norm_stats(grads: Sequence[Grad], *, groups: Sequence[int]) -> dict[str, tf.
 def _clip_value(grads: list[Grad], value: float, hits: list[tf.Tensor]) -> list[Grad]:
     """Elementwise clip to [-value, value]."""
     present = [g for g in grads if g is not None]
-    hits += [cheap_ops.max_abs(g) > tf.cast(value, g.dtype) for g in present]
+    # |g| > value as two comparisons (no Abs: see cheap_ops); a NaN entry compares false, as before.
+    hits += [tf.reduce_any((g > tf.cast(value, g.dtype)) | (g < tf.cast(-value, g.dtype))) for g in present]
     return [None if g is None else tf.clip_by_value(g, -value, value) for g in grads]
 
 

@@ -283,3 +283,15 @@ def test_clip_after_the_replica_sum_equals_one_device():
     # The framework's order (sum, then clip) gives the one-device clipped gradient on every replica.
     for g in strategy.experimental_local_results(framework_step(xs, ys)):
         np.testing.assert_allclose(g.numpy(), g_ref.numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_value_clipping_reports_a_hit_beside_a_nan_entry(jit):
+    """`clipped` is 1 when a finite entry exceeds the value, whatever a NaN entry beside it."""
+    g = [tf.constant([np.nan, 5.0, 0.1], tf.float32), tf.constant([0.1, -0.2], tf.float32)]
+    _, stats = tf.function(lambda g: clip_gradients(g, groups=[0, 0], clip=ClipConfig(value=1.0)),
+                           jit_compile=jit)(g)
+    assert float(stats["clipped"]) == 1.0
+    _, stats = tf.function(lambda g: clip_gradients(g, groups=[0, 0], clip=ClipConfig(value=10.0)),
+                           jit_compile=jit)(g)
+    assert float(stats["clipped"]) == 0.0
