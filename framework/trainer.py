@@ -20,7 +20,7 @@ from framework import jit as jit_lib
 from framework import losses as losses_lib
 from framework import outputs as outputs_lib
 from framework.config import ExperimentConfig, own_keys
-from framework.data import pipeline, preflight
+from framework.data import inspect, pipeline, preflight
 from framework.optim import groups as groups_lib
 from framework.optim import optimizers as optimizers_lib
 from framework.optim import schedules as schedules_lib
@@ -62,6 +62,9 @@ class Trainer:
     heads: list = dataclasses.field(default_factory=list)
     # The training augmentation `augment((x, y, w), seed)` the dataset factory returned (or None).
     train_augment: Callable | None = None
+    # The training split as the pre-flight read it whole (an in-memory source), flattened (x, y, w)
+    # tensors: the in-memory pipeline batches them by index instead of reading the source again.
+    train_arrays: tuple[tf.Tensor, ...] | None = None
 
     def train_dataset(self, *, start_step: int) -> Any:
         """Distributed training batches positioned at `start_step` (exact resume)."""
@@ -77,7 +80,7 @@ class Trainer:
                 shuffle_buffer=d.shuffle_buffer, cache=d.cache, num_examples=n,
                 start_batch=0 if overfit else start_batch,
                 augment=self.train_augment, sample_weights=self.sample_weights,
-                padding=self.train_padding)
+                padding=self.train_padding, arrays=self.train_arrays)
             if overfit:
                 # The same first N global batches, over and over (cached: augmentation frozen too).
                 ds = ds.take(overfit).cache().repeat().skip(start_batch % overfit)
@@ -301,7 +304,15 @@ def build(cfg: ExperimentConfig, strategy: tf.distribute.Strategy) -> Trainer:
                    num_eval_examples=data.num_eval_examples, batches_per_step=cfg.optimizer.accumulation_steps,
                    jit_reason=reason, eval_indices=data.eval_indices, sample_weights=labels.sample_weights,
                    sampled_frequencies=labels.sampled_frequencies, train_padding=data.train_padding,
-                   eval_padding=data.eval_padding, heads=built.heads, train_augment=data.train.augment)
+                   eval_padding=data.eval_padding, heads=built.heads, train_augment=data.train.augment,
+                   train_arrays=_as_tensors(data.checked.whole.get("train")))
+
+
+def _as_tensors(arrays: inspect.SplitArrays | None) -> tuple[tf.Tensor, ...] | None:
+    """A split read whole as flattened (x, y, w) tensors (None stays None)."""
+    if arrays is None:
+        return None
+    return tuple(tf.convert_to_tensor(a) for a in tf.nest.flatten((arrays.x, arrays.y, arrays.w)))
 
 
 def _seed_and_policy(cfg: ExperimentConfig, *, replicas: int) -> None:

@@ -51,12 +51,16 @@ def with_weights(ds: tf.data.Dataset) -> tf.data.Dataset:
             f"(features, label, sample_weight); got elements {spec}")
     # The framework's own dataset functions have no Python control flow on tensors: AutoGraph
     # conversion would only add start-up time (~20-40 ms per function). User functions convert.
+    # No function call per element where none is needed (docs/design.md#t14): tf.data skips a
+    # function that only rearranges its inputs, so the weight 1 is a zipped constant stream and
+    # a float32 weight passes as it is (60k examples of 784 floats: 0.5 s to read, not 1.5-2.6 s).
     if len(spec) == 3:
-        ds = ds.map(_no_autograph(lambda x, y, w: (x, y, tf.cast(w, tf.float32))),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if spec[2].dtype != tf.float32:
+            ds = ds.map(_no_autograph(lambda x, y, w: (x, y, tf.cast(w, tf.float32))),
+                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:
-        ds = ds.map(_no_autograph(lambda x, y: (x, y, tf.constant(1.0, tf.float32))),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ones = tf.data.Dataset.from_tensors(tf.constant(1.0, tf.float32)).repeat()
+        ds = tf.data.Dataset.zip(ds, ones).map(_no_autograph(lambda xy, w: (xy[0], xy[1], w)))
     return _position_weights(ds)
 
 
@@ -231,7 +235,8 @@ def _bucketed(stream: tf.data.Dataset, padding: Padding, global_batch: int) -> t
 def train_stream(source: tf.data.Dataset, *, global_batch: int, seed: int, shuffle_buffer: int,
                  cache: bool, start_batch: int = 0, num_examples: int | None = None,
                  name: str = "task.train_data", augment: Callable | None = None,
-                 sample_weights: np.ndarray | None = None, padding: Padding | None = None) -> tf.data.Dataset:
+                 sample_weights: np.ndarray | None = None, padding: Padding | None = None,
+                 arrays: tuple[tf.Tensor, ...] | None = None) -> tf.data.Dataset:
     """Infinite dataset of global batches, positioned at global batch `start_batch`.
 
     Args:
@@ -253,6 +258,9 @@ def train_stream(source: tf.data.Dataset, *, global_batch: int, seed: int, shuff
         the defaults when None and the source has unknown dimensions). With buckets the stream
         is rebuilt from its start and `start_batch` batches are skipped (bucketing reorders
         examples, so a position in batches is not a position in examples).
+      arrays: the whole source already read (`tf.nest.flatten` of its (x, y, w) elements
+        batched, all n rows in source order), used instead of reading it again where the
+        stream is held in memory (fixed shapes only).
     """
     _check_static(source, name)
     n = count(source, name=name) if num_examples is None else num_examples
@@ -264,7 +272,8 @@ def train_stream(source: tf.data.Dataset, *, global_batch: int, seed: int, shuff
             _check_sampling(source, n, padding, name)
         return _indexed_stream(source, n=n, global_batch=global_batch, seed=seed,
                                shuffle=shuffle_buffer > 1, start_batch=start_batch, sample_weights=sample_weights,
-                               augment=augment if sample_weights is not None else None, padding=padding)
+                               augment=augment if sample_weights is not None else None, padding=padding,
+                               arrays=arrays)
     bucketed = padding is not None and bool(padding.boundaries)
     if bucketed:
         start_batch, skip_batches = 0, start_batch
@@ -350,7 +359,8 @@ def _in_memory_shape(s: tf.TensorSpec, padding: Padding) -> list:
 
 def _indexed_stream(source: tf.data.Dataset, *, n: int, global_batch: int, seed: int, shuffle: bool,
                     start_batch: int, sample_weights: np.ndarray | None = None,
-                    augment: Callable | None = None, padding: Padding | None = None) -> tf.data.Dataset:
+                    augment: Callable | None = None, padding: Padding | None = None,
+                    arrays: tuple[tf.Tensor, ...] | None = None) -> tf.data.Dataset:
     """`train_stream` for a cached in-memory source: the same stream contract, batched by index.
 
     Epoch e is the permutation of the n rows drawn with the stateless seed (`seed`, e) (the
@@ -361,7 +371,9 @@ def _indexed_stream(source: tf.data.Dataset, *, n: int, global_batch: int, seed:
     with buckets; a batch is then cut to its bucket's length).
     """
     structure = source.element_spec
-    if padding is None:
+    if padding is None and arrays is not None:
+        _check_arrays(arrays, structure, n)
+    elif padding is None:
         arrays = tuple(tf.nest.flatten(next(iter(source.batch(n)))))  # one read of the source
     else:
         shapes = padding.shapes if not padding.boundaries else tf.nest.map_structure(
@@ -402,6 +414,15 @@ def _indexed_stream(source: tf.data.Dataset, *, n: int, global_batch: int, seed:
     return ds.unbatch().map(lambda elem, key: augment(elem, key),
                             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(
         global_batch, drop_remainder=True)
+
+
+def _check_arrays(arrays: tuple[tf.Tensor, ...], structure: Any, n: int) -> None:
+    """Raises ValueError if `arrays` are not n rows of each (x, y, w) component of `structure`."""
+    specs = tf.nest.flatten(structure)
+    got = [(a.dtype, tuple(a.shape)) for a in arrays]
+    want = [(s.dtype, (n, *s.shape)) for s in specs]
+    if got != want:
+        raise ValueError(f"train_stream: arrays must be the whole source, {want}; got {got}")
 
 
 def sampling_weights(spec: Any, labels: np.ndarray, *, name: str = "task.train_data.sampling") -> np.ndarray:
@@ -593,10 +614,26 @@ def subset(source: tf.data.Dataset, indices: np.ndarray, *, num_examples: int) -
     """The elements of a finite `source` at `indices` (sorted), in source order, cardinality known."""
     mask = np.zeros(num_examples, bool)
     mask[np.asarray(indices, np.int64)] = True
-    keep = tf.constant(mask)
-    ds = source.enumerate().filter(_no_autograph(lambda i, _elem: tf.gather(keep, i)))
-    ds = ds.map(_no_autograph(lambda _i, elem: elem), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # The mask is zipped in and the filter returns it unchanged, so tf.data calls no function
+    # for it per element, as it would for a lookup of the position (docs/design.md#t14).
+    ds = tf.data.Dataset.zip(tf.data.Dataset.from_tensor_slices(mask), source)
+    ds = _rearranged(ds.filter(_no_autograph(lambda keep, _elem: keep)), lambda _keep, elem: elem)
     return ds.apply(tf.data.experimental.assert_cardinality(int(mask.sum())))
+
+
+def _rearranged(ds: tf.data.Dataset, fn: Callable) -> tf.data.Dataset:
+    """`ds.map(fn)` for an `fn` that only picks and rearranges components (so it works on a batch).
+
+    tf.data turns even such a map into a parallel map that costs per element what a function
+    call does (docs/design.md#t14), so where every component has a fixed shape it runs once per
+    batch of up to 1024 elements (at most 16 MiB: the batch is held while it is cut up again).
+    The cardinality is not kept.
+    """
+    specs = tf.nest.flatten(ds.element_spec)
+    if not all(isinstance(s, tf.TensorSpec) and s.shape.is_fully_defined() for s in specs):
+        return ds.map(_no_autograph(fn))
+    size = sum(max(int(np.prod(s.shape)), 1) * s.dtype.size for s in specs)
+    return ds.batch(max(1, min(1024, 2**24 // size))).map(_no_autograph(fn)).unbatch()
 
 
 def labels_array(source: tf.data.Dataset, *, limit: int = 2_000_000) -> Any:
@@ -606,7 +643,7 @@ def labels_array(source: tf.data.Dataset, *, limit: int = 2_000_000) -> Any:
     flat array of its real positions (no padding).
     """
     spec = source.element_spec[1]
-    ys = source.map(_no_autograph(lambda _x, y, _w: y)).take(limit)
+    ys = _rearranged(source.take(limit), lambda _x, y, _w: y)
 
     def one(s: tf.TensorSpec, leaf: tf.data.Dataset) -> np.ndarray:
         if not s.shape.is_fully_defined():
@@ -617,7 +654,7 @@ def labels_array(source: tf.data.Dataset, *, limit: int = 2_000_000) -> Any:
     if not isinstance(spec, (dict, tuple, list)):
         return one(spec, ys)
     leaves = tf.nest.flatten(spec)
-    arrays = [one(s, ys.map(_no_autograph(lambda *y, i=i: tf.nest.flatten(y)[i]))) for i, s in enumerate(leaves)]
+    arrays = [one(s, _rearranged(ys, lambda *y, i=i: tf.nest.flatten(y)[i])) for i, s in enumerate(leaves)]
     return tf.nest.pack_sequence_as(spec, arrays)
 
 

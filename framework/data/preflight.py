@@ -5,8 +5,9 @@ step is traced, so a NaN in the data stops the run in a second with the split, t
 the first example, instead of as a non-finite loss many steps later. A source the training
 pipeline holds in memory (finite, `cache: true`, up to `pipeline.IN_MEMORY_BYTES`) is checked
 whole; a streaming one (infinite, `cache: false` or larger) on its first
-`trainer.preflight_batches` batches. The labels read here are handed back so the trainer does
-not read them a second time (class weights, the label-range check).
+`trainer.preflight_batches` batches. What is read here is handed back so the trainer does not
+read it a second time: the labels (class weights, the label-range check) and the arrays of a
+split checked whole (the in-memory training pipeline batches them by index).
 """
 from __future__ import annotations
 
@@ -33,10 +34,11 @@ class Source:
 
 @dataclasses.dataclass(frozen=True)
 class Result:
-    """What the pre-flight read: labels of the whole split (in-memory sources), and its warnings."""
+    """What the pre-flight read: labels and arrays of the splits read whole (in-memory sources), warnings."""
 
     labels: dict[str, np.ndarray]
     warnings: list[str]
+    whole: dict[str, inspect.SplitArrays] = dataclasses.field(default_factory=dict)
 
 
 def in_memory(source: Source) -> bool:
@@ -118,4 +120,4 @@ def run(sources: Mapping[str, Source], *, batches: int, label_kind: str,
     for w in warnings:
         logging.warning("pre-flight: %s", w)
     labels = {s: np.asarray(a.y) for s, a in arrays.items() if whole[s] and not isinstance(a.y, Mapping)}
-    return Result(labels=labels, warnings=warnings)
+    return Result(labels=labels, warnings=warnings, whole={s: a for s, a in arrays.items() if whole[s]})

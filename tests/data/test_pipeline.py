@@ -87,6 +87,45 @@ def test_in_memory_sources_are_batched_by_index(monkeypatch):
     assert calls == [10, 10, 10]
 
 
+def test_an_in_memory_stream_batches_the_arrays_it_is_given_without_reading_the_source():
+    src = _source(10)
+    x, y, w = (a.numpy() for a in next(iter(src.batch(10))))
+    shifted = (tf.constant(x + 100), tf.constant(y + 100), tf.constant(w))  # not what the source holds
+    for start in (0, 3):  # the same order and resume position as the stream that reads the source
+        read = _batches(_stream(start_batch=start), 6)
+        given = _batches(_stream(start_batch=start, arrays=shifted), 6)
+        assert given == [[v + 100 for v in b] for b in read]
+    xb, yb, _ = next(iter(_stream(arrays=shifted)))
+    assert (xb.numpy().ravel() == yb.numpy()).all()  # rows stay whole
+    with pytest.raises(ValueError, match=r"arrays must be the whole source.*got \[\(tf.float32, \(9, 1\)\)"):
+        _stream(arrays=(tf.constant(x[:9]), tf.constant(y[:9]), tf.constant(w[:9])))
+
+
+def test_with_weights_gives_weight_one_or_the_float32_weight_and_keeps_the_cardinality():
+    x, y = np.arange(6, dtype=np.float32)[:, None], np.arange(6, dtype=np.int64)
+    two = pipeline.with_weights(tf.data.Dataset.from_tensor_slices((x, y)))
+    assert int(two.cardinality()) == 6 and two.element_spec[2] == tf.TensorSpec([], tf.float32)
+    xs, ys, ws = (a.numpy() for a in next(iter(two.batch(6))))
+    assert (xs == x).all() and (ys == y).all() and ws.tolist() == [1.0] * 6
+    w = np.array([0.5, 1, 2, 0, 3, 1], np.float32)
+    three = pipeline.with_weights(tf.data.Dataset.from_tensor_slices((x, y, w)))
+    assert int(three.cardinality()) == 6
+    assert next(iter(three.batch(6)))[2].numpy().tolist() == w.tolist()
+    endless = pipeline.with_weights(tf.data.Dataset.from_tensor_slices((x, y)).repeat())
+    assert int(endless.cardinality()) == tf.data.INFINITE_CARDINALITY
+
+
+def test_subset_keeps_the_rows_at_the_indices_in_source_order():
+    x = {"a": np.arange(20, dtype=np.float32).reshape(10, 2), "b": np.arange(10, dtype=np.int32) * 7}
+    src = pipeline.with_weights(tf.data.Dataset.from_tensor_slices((x, np.arange(10))))
+    idx = np.array([0, 3, 4, 9])
+    sub = pipeline.subset(src, idx, num_examples=10)
+    assert int(sub.cardinality()) == 4
+    got = next(iter(sub.batch(10)))
+    assert got[0]["a"].numpy().tolist() == x["a"][idx].tolist() and got[0]["b"].numpy().tolist() == [0, 21, 28, 63]
+    assert got[1].numpy().tolist() == idx.tolist()
+
+
 def test_augment_seed_depends_on_epoch_and_position():
     def aug(elem, seed):
         x, y, w = elem
