@@ -126,6 +126,29 @@ def test_subset_keeps_the_rows_at_the_indices_in_source_order():
     assert got[1].numpy().tolist() == idx.tolist()
 
 
+def test_subset_and_labels_of_a_variable_length_source_keep_each_row_whole():
+    rows = [[1], [2, 2], [3, 3, 3], [4, 4, 4, 4], [5]]
+    gen = tf.data.Dataset.from_generator(
+        lambda: ((np.array(r, np.int32), np.array(r, np.int32) * 10) for r in rows),
+        output_signature=(tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32)))
+    src = pipeline.with_weights(gen)
+    sub = pipeline.subset(src, np.array([1, 3, 4]), num_examples=5)
+    assert int(sub.cardinality()) == 3
+    assert [x.numpy().tolist() for x, _y, _w in sub] == [rows[1], rows[3], rows[4]]
+    # a variable-length label gives its real positions, flattened, in source order
+    labels = pipeline.labels_array(sub)
+    assert labels.tolist() == [20, 20, 40, 40, 40, 40, 50]
+
+
+def test_labels_array_of_dict_labels_gives_a_dict_of_arrays():
+    y = {"cls": np.array([0, 2, 1, 1], np.int64), "reg": np.arange(8, dtype=np.float32).reshape(4, 2)}
+    src = pipeline.with_weights(tf.data.Dataset.from_tensor_slices((np.zeros([4, 3], np.float32), y)))
+    labels = pipeline.labels_array(src)
+    assert set(labels) == {"cls", "reg"}
+    assert labels["cls"].tolist() == [0, 2, 1, 1] and labels["reg"].tolist() == y["reg"].tolist()
+    assert pipeline.labels_array(src, limit=2)["cls"].tolist() == [0, 2]
+
+
 def test_augment_seed_depends_on_epoch_and_position():
     def aug(elem, seed):
         x, y, w = elem
