@@ -35,3 +35,32 @@ def test_the_options_come_back_when_the_loop_raises():
     with pytest.raises(tf.errors.InvalidArgumentError, match="bad batch"):
         loops._without_grappler(loop)(None, tf.constant(1, tf.int64))
     assert not _meta_optimizer_off()
+
+
+class _Policy:
+    """What `_while` reads of a non-finite policy: `halt`."""
+
+    def __init__(self):
+        self.halt = tf.Variable(False)
+
+
+@pytest.mark.parametrize("num_steps", [3, 8, 11, 20])
+def test_a_grouped_loop_takes_the_batches_of_its_steps_in_order_and_no_more(num_steps):
+    group, micro = 8, 2
+    seen = tf.Variable(tf.fill([64], tf.constant(-1, tf.int64)))
+    steps = tf.Variable(0, dtype=tf.int64)
+
+    def one_step(batches):  # records the micro-batches of each step at its position
+        first = steps * micro
+        seen.scatter_nd_update(tf.reshape(first + tf.range(micro, dtype=tf.int64), [-1, 1]), tf.stack(batches))
+        steps.assign_add(1)
+
+    loop = loops._grouped_loop(one_step, lambda: None, lambda i: i, _Policy(), group, micro)
+    iterator = iter(tf.data.Dataset.range(1000))
+    assert int(loop(iterator, tf.constant(num_steps, tf.int64))) == num_steps
+    assert int(loop(iterator, tf.constant(1, tf.int64))) == 1  # another count, the same trace
+    taken = (num_steps + 1) * micro
+    assert seen.numpy()[:taken].tolist() == list(range(taken))
+    assert (seen.numpy()[taken:] == -1).all()
+    assert int(next(iterator)) == taken  # the data position is exact
+    assert loop.experimental_get_tracing_count() == 1
