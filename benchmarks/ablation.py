@@ -2,14 +2,15 @@
 
     python -m benchmarks.ablation                # MLP: 7 interleaved repetitions of 100 steps
     python -m benchmarks.ablation --model cnn    # the CNN (no XLA, as `auto` picks): ablation_cnn
+    python -m benchmarks.ablation --model transformer --reps 5 --steps 50   # ablation_transformer
     python -m benchmarks.ablation --quick        # tiny MLP, 1 repetition (CI)
 
-Each variant is tapeline's trainer on the overhead benchmark's model (for the MLP XLA on, for
-the CNN off, as `auto` picks), with one thing removed or changed, to attribute the gap to the
-raw limit of `overhead.py`:
+Each variant is tapeline's trainer on the overhead benchmark's model (for the MLP and the
+Transformer XLA on, for the CNN off, as `auto` picks), with one thing removed or changed, to
+attribute the gap to the raw limit of `overhead.py`:
   default        as shipped (8 steps per XLA call)
   group_1/16/32  steps per XLA call (jit.GROUP_STEPS)
-  cond_update    (MLP) the optimizer update inside a conditional (tf.cond on "step is finite"),
+  cond_update    (MLP, Transformer) the optimizer update inside a conditional (tf.cond on "step is finite"),
                  as before the gated writes of Steps.gated_update (a select in every write)
   gated_update   (CNN) the other way round: the gated writes instead of the conditional that a
                  step without whole-step XLA uses
@@ -22,7 +23,7 @@ raw limit of `overhead.py`:
                  hold in memory get, instead of the in-memory batching by index
   step_in_raw_loop  tapeline's step (the same trainer, statistics, metrics, guarded update) in the
                  raw limit's loop: one while loop over all the steps on one fixed batch (one XLA
-                 call for the MLP, plain TensorFlow for the CNN)
+                 call for the MLP and the Transformer, plain TensorFlow for the CNN)
   raw_limit      (a) of overhead.py: the plain Keras step in that loop
   grad_norm_alone  (MLP) not a step: only the global gradient norm (a sum of squares over tensors
                  of the MLP's gradient shapes) in that loop; 1000 / its steps/s is the norm's ms
@@ -53,7 +54,11 @@ VARIANTS = {
     # No XLA: no steps per XLA call to vary, and the update is a conditional already.
     "cnn": ("default", "gated_update", "no_grad_stats", "no_metrics", "fixed_batch", "element_pipeline",
             "step_in_raw_loop", "raw_limit"),
+    # One step per XLA call under the padding mask (jit.plan): no steps per call to vary.
+    "transformer": ("default", "cond_update", "no_grad_stats", "no_metrics", "fixed_batch", "step_in_raw_loop",
+                    "raw_limit"),
 }
+XLA = {"mlp": True, "cnn": False, "transformer": True}  # as `jit_compile: auto` picks for each
 
 
 def _no_stats(grads: Any, *, groups: Any, clip: Any) -> tuple[list, dict]:  # noqa: ARG001 - clip_gradients's signature
@@ -102,7 +107,7 @@ def _variant(name: str, kind: str, quick: bool) -> Callable[[int], None]:
     if name == "grad_norm_alone":
         return _grad_norm_alone(quick)
     if name == "raw_limit":
-        return overhead.raw_loop(kind, quick, kind == "mlp")  # the faster of the two (overhead.md)
+        return overhead.raw_loop(kind, quick, XLA[kind])  # the faster of the two (overhead.md)
     real_clip, real_group = step_lib.clipping.clip_gradients, jit_lib.GROUP_STEPS
     real_bytes = pipeline.IN_MEMORY_BYTES
     try:
@@ -112,7 +117,7 @@ def _variant(name: str, kind: str, quick: bool) -> Callable[[int], None]:
             jit_lib.GROUP_STEPS = int(name.split("_")[1])
         if name == "no_grad_stats":
             step_lib.clipping.clip_gradients = _no_stats
-        cfg = common.tapeline_config(kind, quick=quick, jit=kind == "mlp")
+        cfg = common.tapeline_config(kind, quick=quick, jit=XLA[kind])
         if name == "no_metrics":
             cfg.task.metrics = []
         t = trainer_lib.build(cfg, tf.distribute.get_strategy())
@@ -162,9 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     sps = {v: common.median(s) for v, s in samples.items()}
     lines = ["| variant | steps/s | x default | ms per step |", "|---|---|---|---|"]
     lines += [f"| {v} | {sps[v]:.1f} | {sps[v] / sps['default']:.2f} | {1000 / sps[v]:.2f} |" for v in variants]
-    model = {"mlp": "MLP 784-512-512-10", "cnn": "CNN conv32-conv64-fc128"}[a.model]
+    model = {"mlp": "MLP 784-512-512-10", "cnn": "CNN conv32-conv64-fc128",
+             "transformer": "Transformer text encoder (length 128)"}[a.model]
     model = f"tiny {a.model.upper()} (quick)" if a.quick else model
-    lines.append(f"\n{model}, batch {common.SIZES[a.model][2]}, XLA {'on' if a.model == 'mlp' else 'off'}; medians "
+    lines.append(f"\n{model}, batch {common.SIZES[a.model][2]}, XLA {'on' if XLA[a.model] else 'off'}; medians "
                  f"of {reps} interleaved repetitions of {steps} steps. no_grad_stats also drops the non-finite "
                  "check (measurement only)"
                  + ("; grad_norm_alone is not a step: its ms per step is the gradient norm's own cost."

@@ -131,6 +131,15 @@ def test_ablation_quick_cnn_has_the_no_xla_variants(tmp_path):
 
 
 @pytest.mark.slow
+def test_ablation_quick_transformer_has_its_variants(tmp_path):
+    _run("benchmarks.ablation", str(tmp_path), "--model=transformer")
+    data = _files(str(tmp_path), "ablation_transformer_quick")
+    assert set(data["steps_per_sec"]) == {"default", "cond_update", "no_grad_stats", "no_metrics", "fixed_batch",
+                                          "step_in_raw_loop", "raw_limit"}
+    assert all(v > 0 for v in data["steps_per_sec"].values())
+
+
+@pytest.mark.slow
 def test_end_to_end_quick(tmp_path):
     _run("benchmarks.end_to_end", str(tmp_path), "--models=mlp", timeout=420)
     data = _files(str(tmp_path), "end_to_end_quick")
