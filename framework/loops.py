@@ -94,9 +94,9 @@ def _grouped_loop(one_step: Callable, begin: Callable, end: Callable, policy: No
         """The batches of `count` (1..group) steps, stacked as `[group, ...]`."""
         first = [next(iterator) for _ in range(micro_batches)]
         leaves = tf.nest.flatten(first)
-        # A while loop over the fetches, not one conditional per slot: group - 1 conditionals
-        # traced two branches each, 0.13 s of the MLP's first trace under cProfile (warm XLA
-        # cache), and the loop traces its body once.
+        # A while loop over the fetches, not one conditional per slot: the group - 1
+        # conditionals traced two branches each, about 0.08 s of the MLP's first trace under
+        # cProfile (warm XLA cache); the loop traces its body once (benchmarks/README.md item 10).
         arrays = [tf.TensorArray(t.dtype, size=count, element_shape=t.shape).write(0, t) for t in leaves]
 
         def fetch(k, *arrays):
