@@ -8,7 +8,7 @@
 Each variant is tapeline's trainer on the overhead benchmark's model (for the MLP and the
 Transformer XLA on, for the CNN off, as `auto` picks), with one thing removed or changed, to
 attribute the gap to the raw limit of `overhead.py`:
-  default        as shipped (8 steps per XLA call)
+  default        as shipped (MLP: 8 steps per XLA call; Transformer: 1, under its padding mask)
   group_1/16/32  steps per XLA call (jit.GROUP_STEPS)
   cond_update    (MLP, Transformer) the optimizer update inside a conditional (tf.cond on "step is finite"),
                  as before the gated writes of Steps.gated_update (a select in every write)

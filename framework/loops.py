@@ -122,7 +122,8 @@ def _grouped_loop(one_step: Callable, begin: Callable, end: Callable, policy: No
 
         def body(i):
             count = tf.minimum(num_steps - i, group)
-            xla_steps(fetch_group(iterator, tf.cast(count, tf.int32)), tf.cast(count, tf.int32))
+            count32 = tf.cast(count, tf.int32)  # the TensorArrays' and the XLA loop's index type
+            xla_steps(fetch_group(iterator, count32), count32)
             return i + count
 
         return end(_while(policy, num_steps, body))
