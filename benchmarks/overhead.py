@@ -15,8 +15,10 @@ Variants, measured in one process, interleaved, after a warm-up, median of --rep
   f  eager GradientTape loop
 Every variant is timed in its steady state: calls of k, 2k, 2k and k steps in the same
 repetition, t(k) and t(2k) each the shorter of its two calls, steps/s = k / (t(2k) - t(k)), so
-a fixed cost per call (fit's set-up per `fit()`, tapeline's per-loop host reads) does not count,
-nor a stall that hits some calls only (`steady_times`); the JSON keeps t(k), t(2k) of every
+a fixed cost per call (tapeline's per-loop host reads, the first execution of a `fit()`) does
+not count, nor a stall that hits some calls only (`steady_times`); `fit`'s calls are timed from
+the start of their first step to the end of their epoch, without the set-up before it and the
+freeing of the epoch's iterator after it (`_InFitClock`). The JSON keeps t(k), t(2k) of every
 repetition. tapeline's calls include the host reads the
 controller makes per loop; the controller's own Python work is measured end to end through the
 CLI by `benchmarks/end_to_end.py`. Writes benchmarks/results/overhead.{json,md,png}.
@@ -27,6 +29,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from typing import Any, Callable
 
 import keras
@@ -81,11 +84,41 @@ def _tapeline(kind: str, quick: bool, jit: Any, steps_per_loop: int) -> Callable
     return run
 
 
-def fit_runner(kind: str, quick: bool, **kw: Any) -> Callable[[int], None]:
-    """`fit` of k steps with the given `compile` settings (none: Keras's defaults)."""
+class _InFitClock(keras.callbacks.Callback):
+    """The time from the start of a `fit()`'s first step to the end of its epoch.
+
+    It leaves out what `fit` does before its first step (callbacks, the epoch's iterator) and
+    after its epoch: above all freeing that iterator, which waits for tf.data's tuning thread to
+    wake up (docs/design.md#t12). Measured on the Transformer (2026-12-04, 7 repetitions): whole
+    `fit()` calls of 50 and 100 steps that ran 3.8 to 4.1 s and 7.6 to 8.1 s often took 5.11 to
+    5.12 s and 10.23 to 10.24 s, the sums of that thread's doubling sleeps (0.01 s x (2^n - 1)),
+    and their differences gave `fit` jit_compile=True anything from 11.7 to 20.4 steps/s.
+    Only `on_train_batch_begin` and `on_epoch_end` are overridden: a callback with its own
+    `on_train_batch_end` would turn off Keras's asynchronous batch-end dispatch and read the
+    logs after every step.
+    """
+
+    def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:  # noqa: ARG002 - Keras's signature
+        if batch == 0:
+            self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:  # noqa: ARG002 - Keras's signature
+        self.seconds = time.perf_counter() - self.start
+
+
+def fit_runner(kind: str, quick: bool, **kw: Any) -> Callable[[int], float]:
+    """`fit` of k steps with the given `compile` settings (none: Keras's defaults); returns the
+    seconds from its first step to the end of its epoch (`_InFitClock`), which `call_seconds`
+    takes instead of the call's wall time."""
     model = common.compiled_fit_model(kind, quick=quick, **kw)
     ds = common.fit_dataset(kind)
-    return lambda k: model.fit(ds, epochs=1, steps_per_epoch=k, verbose=0)
+    clock = _InFitClock()
+
+    def run(k: int) -> float:
+        model.fit(ds, epochs=1, steps_per_epoch=k, verbose=0, callbacks=[clock])
+        return clock.seconds
+
+    return run
 
 
 def _eager(kind: str, quick: bool) -> Callable[[int], None]:
@@ -116,19 +149,24 @@ RAW_BEST = ("a_raw_xla", "a_raw", "a_raw_xla_step")
 def steady_times(fn: Callable[[int], None], k: int) -> tuple[float, float]:
     """(t(k), t(2k)) of `fn` in its steady state: each the shorter of two calls, run k, 2k, 2k, k.
 
-    Taking the shorter of two drops a cost that hits some calls and not others. Keras `fit`
-    pays one: on the Transformer every few `fit()` calls took 2.5 to 4 s longer than the others,
-    with the extra time in `fit`'s own frame, not in a step (cProfile). Most likely it is the
-    teardown of the iterator each `fit()` makes over its dataset (an AUTOTUNE'd `map` and
-    `prefetch`); that cause is not proven. A single k/2k pair turned such stalls into rates of
-    3.5 and 82 steps/s for `fit` settings that run at about 9. The palindrome order also puts
-    any cost of the first call after another variant on a call whose twin follows.
+    Taking the shorter of two drops a cost that hits some calls and not others. A single k/2k
+    pair of whole `fit()` calls once turned such stalls into rates of 3.5 and 82 steps/s for
+    `fit` settings that run at about 9; the shorter of two was not enough either (the stall
+    came in both calls of a length often enough to move the medians), so `fit`'s calls are now
+    timed inside the call (`_InFitClock`) and the stall is outside them. The palindrome order
+    also puts any cost of the first call after another variant on a call whose twin follows.
     """
-    t1a = common.timed(lambda: fn(k))
-    t2a = common.timed(lambda: fn(2 * k))
-    t2b = common.timed(lambda: fn(2 * k))
-    t1b = common.timed(lambda: fn(k))
+    t1a, t2a, t2b, t1b = (call_seconds(fn, n) for n in (k, 2 * k, 2 * k, k))
     return min(t1a, t1b), min(t2a, t2b)
+
+
+def call_seconds(fn: Callable[[int], Any], k: int) -> float:
+    """The seconds of one call `fn(k)`: what `fn` returns if it times itself (a float, as
+    `fit_runner`'s calls do), else the call's wall time."""
+    t0 = time.perf_counter()
+    own = fn(k)
+    wall = time.perf_counter() - t0
+    return own if isinstance(own, float) else wall
 
 
 def steady_rate(fn: Callable[[int], None], k: int) -> float:

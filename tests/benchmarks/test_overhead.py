@@ -40,3 +40,30 @@ def test_from_json_rebuilds_the_tables_of_a_recorded_run(tmp_path):
     assert md.startswith("Machine: cpu, 2 cores; TensorFlow t, Keras k; 2026-01-01 00:00 UTC")
     out = json.loads((tmp_path / "again.json").read_text())["results"][0]
     assert out["steps_per_sec"]["e_fit_best"] == 11.0
+
+
+def test_a_call_that_times_itself_is_taken_at_its_own_time_and_others_at_wall_time():
+    import time
+
+    def self_timed(k):
+        time.sleep(0.05)
+        return 0.01 * k
+
+    def plain(k):
+        time.sleep(0.02 * k)
+
+    assert overhead.call_seconds(self_timed, 2) == 0.02
+    assert overhead.call_seconds(plain, 2) >= 0.04
+    assert overhead.steady_times(self_timed, 3) == (0.03, 0.06)
+
+
+def test_fit_is_timed_from_its_first_step_to_the_end_of_its_epoch():
+    import time
+
+    run = overhead.fit_runner("mlp", True)
+    run(2)  # trace
+    t0 = time.perf_counter()
+    own = run(4)
+    wall = time.perf_counter() - t0
+    # Inside the call, and without fit's set-up and iterator teardown.
+    assert 0.0 < own < wall
