@@ -38,6 +38,7 @@ def test_from_json_rebuilds_the_tables_of_a_recorded_run(tmp_path):
     assert overhead.main(["--from_json", str(src), "--out_dir", str(tmp_path), "--name", "again"]) == 0
     md = (tmp_path / "again.md").read_text()
     assert md.startswith("Machine: cpu, 2 cores; TensorFlow t, Keras k; 2026-01-01 00:00 UTC")
+    assert "fit's calls timed whole fit() calls" in md  # a run from before fit was timed in its calls
     out = json.loads((tmp_path / "again.json").read_text())["results"][0]
     assert out["steps_per_sec"]["e_fit_best"] == 11.0
 
