@@ -1,5 +1,6 @@
 """benchmarks.overhead's aggregation: best variants by median, per-repetition ratios, re-aggregation."""
 import json
+import time
 
 from benchmarks import overhead
 
@@ -44,8 +45,6 @@ def test_from_json_rebuilds_the_tables_of_a_recorded_run(tmp_path):
 
 
 def test_a_call_that_times_itself_is_taken_at_its_own_time_and_others_at_wall_time():
-    import time
-
     def self_timed(k):
         time.sleep(0.05)
         return 0.01 * k
@@ -59,8 +58,6 @@ def test_a_call_that_times_itself_is_taken_at_its_own_time_and_others_at_wall_ti
 
 
 def test_fit_is_timed_from_its_first_step_to_the_end_of_its_epoch():
-    import time
-
     run = overhead.fit_runner("mlp", True)
     run(2)  # trace
     t0 = time.perf_counter()
