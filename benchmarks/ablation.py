@@ -158,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     reps, steps = (1, 5) if a.quick else (a.reps, a.steps)
     variants = VARIANTS[a.model]
     runs = {v: _variant(v, a.model, a.quick) for v in variants}
-    for fn in runs.values():
-        fn(steps)  # warm-up
+    for fn in runs.values():  # warm-up: the first call traces (and, under compile-ahead, runs without
+        fn(steps)             # XLA while XLA compiles); the second waits for that compile
+        fn(steps)
     samples: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(reps):
         for v, fn in runs.items():  # interleaved

@@ -59,6 +59,8 @@ class JitPlan:
       whole_step: XLA over the whole step (forward, backward, statistics, update).
       forward_backward: XLA only around the per-replica forward and backward pass.
       group_steps: optimizer steps per XLA call (1 unless `whole_step`).
+      compile_ahead: a fresh run's first loop runs without XLA while the grouped XLA loop
+        compiles (`loops.CompileAhead`; only with `group_steps` > 1).
       reason: why, for the log.
     """
 
@@ -66,6 +68,7 @@ class JitPlan:
     forward_backward: bool = False
     group_steps: int = 1
     reason: str = "trainer.jit_compile=false"
+    compile_ahead: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -137,7 +140,7 @@ def whole_step_possible(strategy: tf.distribute.Strategy) -> bool:
 
 
 def plan(strategy: tf.distribute.Strategy, setting: bool | str, model: keras.Model,
-         padding: Any = None) -> JitPlan:
+         padding: Any = None, *, compile_ahead: bool = False) -> JitPlan:
     """The XLA plan for `model` under `strategy` with `trainer.jit_compile = setting`.
 
     Args:
@@ -146,6 +149,7 @@ def plan(strategy: tf.distribute.Strategy, setting: bool | str, model: keras.Mod
       model: the built model.
       padding: the training data's `pipeline.Padding` (None: fixed-shape batches). Length buckets,
         or per-batch padding of an infinite source, give batches that cannot be stacked.
+      compile_ahead: `trainer.xla_compile_ahead` (applies to a grouped XLA loop only).
 
     Raises:
       ValueError: as `jit_allowed`.
@@ -158,4 +162,8 @@ def plan(strategy: tf.distribute.Strategy, setting: bool | str, model: keras.Mod
         group, reason = 1, f"{reason}; one step per XLA call: attention under a padding mask"
     if group > 1 and padding is not None and (padding.boundaries or padding.max_length is None):
         group = 1  # batches of different lengths cannot be stacked into one XLA call
-    return JitPlan(whole_step=whole, forward_backward=jit and not whole, group_steps=group, reason=reason)
+    ahead = compile_ahead and group > 1
+    if ahead:
+        reason = f"{reason}; a fresh run's first loop runs without XLA while XLA compiles (trainer.xla_compile_ahead)"
+    return JitPlan(whole_step=whole, forward_backward=jit and not whole, group_steps=group, reason=reason,
+                   compile_ahead=ahead)

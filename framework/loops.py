@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import threading
 from typing import Any, Callable, Iterator
 
 import tensorflow as tf
@@ -78,17 +79,103 @@ def build_train_loop(*, strategy: tf.distribute.Strategy, replica_step: Callable
             return end(_while(policy, num_steps, body))
 
         return _without_grappler(loop) if plan.whole_step else loop
-    return _without_grappler(_grouped_loop(one_step, begin, end, policy, plan.group_steps, micro_batches))
+    xla_loop, compile_xla = _grouped_loop(one_step, begin, end, policy, plan.group_steps, micro_batches)
+    if not plan.compile_ahead:
+        return _without_grappler(xla_loop)
+
+    @tf.function(autograph=False)  # the first loop of a run, while XLA compiles (CompileAhead)
+    def plain_loop(iterator, num_steps):
+        begin()
+
+        def body(i):
+            one_step([next(iterator) for _ in range(micro_batches)])
+            return i + 1
+
+        return end(_while(policy, num_steps, body))
+
+    return CompileAhead(xla_loop=_without_grappler(xla_loop), plain_loop=plain_loop,
+                        compile_xla=compile_xla, global_step=global_step, group=plan.group_steps,
+                        micro_batches=micro_batches)
+
+
+class CompileAhead:
+    """The grouped XLA loop, whose first call in a fresh run does not wait for the XLA compile.
+
+    Compiling the MLP's XLA step took about 1.1 s of its 1.8 s to the first step with an empty
+    persistent cache, where Keras `fit` (no XLA) starts in 0.7 s (benchmarks/README.md,
+    startup). When the first call comes at global step 0, it runs its steps as one plain graph
+    (the same step without XLA; gated writes as under XLA) while a background thread traces the
+    XLA step and compiles it by calling it for zero steps, which changes nothing. Every later call
+    waits for that compile and runs under XLA. So which steps ran without XLA does not depend on
+    timing: always the first loop of a run from step 0, and a resumed run (its first call after
+    step 0) runs under XLA from its first step, as the uninterrupted run did there.
+
+    Call `wait()` before tracing anything else that may touch the model or the optimizer.
+    """
+
+    def __init__(self, *, xla_loop: Callable, plain_loop: Callable, compile_xla: Callable,
+                 global_step: tf.Variable, group: int, micro_batches: int) -> None:
+        self._xla_loop = xla_loop
+        self._plain_loop = plain_loop
+        self._compile_xla = compile_xla
+        self._global_step = global_step
+        self._group = group
+        self._micro_batches = micro_batches
+        self._called = False
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.ran_plain = False  # whether the first call ran without XLA (for the log and tests)
+
+    def __call__(self, iterator: Any, num_steps: tf.Tensor) -> Any:
+        if not self._called:
+            self._called = True
+            zeros = self._zero_group(iterator)
+            if zeros is not None and int(self._global_step.numpy()) == 0:
+                self._plain_loop.get_concrete_function(iterator, num_steps)  # traced before the XLA step
+                self._thread = threading.Thread(target=self._compile, args=(zeros,), daemon=False,
+                                                name="tapeline-xla-compile")
+                self._thread.start()
+                self.ran_plain = True
+                return self._plain_loop(iterator, num_steps)
+        self.wait()
+        return self._xla_loop(iterator, num_steps)
+
+    def wait(self) -> None:
+        """Blocks until the background compile (if any) has finished; re-raises its error."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            if self._error is not None:
+                raise self._error
+
+    def _compile(self, zeros: Any) -> None:
+        try:
+            with _no_grappler_calls():  # as the XLA loop's own calls
+                self._compile_xla(zeros, tf.constant(0, tf.int32))
+        except BaseException as e:  # noqa: BLE001 -- handed to the caller's thread by wait()
+            self._error = e
+
+    def _zero_group(self, iterator: Any) -> Any:
+        """Zeros shaped as one stacked group of batches, or None when a shape is not fixed."""
+        specs = tf.nest.flatten(iterator.element_spec)
+        if not all(isinstance(s, tf.TensorSpec) and s.shape.is_fully_defined() for s in specs):
+            return None
+        one = [tf.nest.pack_sequence_as(iterator.element_spec,
+                                        [tf.zeros([self._group, *s.shape], s.dtype) for s in specs])
+               for _ in range(self._micro_batches)]
+        return one
 
 
 def _grouped_loop(one_step: Callable, begin: Callable, end: Callable, policy: NonFinitePolicy, group: int,
-                  micro_batches: int) -> Callable:
+                  micro_batches: int) -> tuple[Callable, Callable]:
     """XLA over the whole step on one device, up to `group` steps per XLA call.
 
     One launch and one executable for any count: an XLA while loop over `count` stacked
     batches. Only the batches of the steps to run are fetched (the data position stays exact);
     unused slots repeat the last batch and are never read. A step after a halt inside the group
     changes no state (`NonFinitePolicy.live`); only the meters of this abandoned loop may move.
+
+    Returns the loop and its XLA call `(stacked, count) -> None` (for `CompileAhead`).
     """
     def fetch_group(iterator, count):
         """The batches of `count` (1..group) steps, stacked as `[group, ...]`."""
@@ -128,7 +215,13 @@ def _grouped_loop(one_step: Callable, begin: Callable, end: Callable, policy: No
 
         return end(_while(policy, num_steps, body))
 
-    return loop
+    @tf.function(autograph=False)
+    def compile_xla(stacked, count):
+        # Called from a graph, as in `loop`: an eager call of `xla_steps` compiled a second,
+        # different executable (two entries in the persistent cache).
+        xla_steps(stacked, count)
+
+    return loop, compile_xla
 
 
 def _without_grappler(loop: Callable) -> Callable:

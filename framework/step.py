@@ -444,6 +444,7 @@ class Steps:
         key = tuple(active)
         fn = self._train_fns.get(key)
         if fn is None:
+            self.settle()  # no trace overlaps a background XLA compile's trace
             fn = loops.build_train_loop(
                 strategy=self.strategy, replica_step=lambda batches, step: self._replica_train(batches, key, step),
                 global_step=self.global_step, policy=self.policy, meters=self.train_meters, update=self.update,
@@ -456,14 +457,27 @@ class Steps:
         """Evaluates `num_batches` global batches in one compiled call; returns the results
         (copied to the host once). Call inside `scored_weights()` to score the kept model."""
         if self._eval_fn is None:
+            self.settle()
             self._eval_fn = loops.build_eval_loop(strategy=self.strategy, replica_eval=self._replica_eval,
                                                   meters=self.eval_meters, traces=self.traces)
         out = self._eval_fn(iterator, tf.convert_to_tensor(num_batches, tf.int64))
         return results_lib.EvalResult.from_host(results_lib.fetch(out), loss_weights=self.loss_weights(),
                                                 reports=self.reports)
 
+    def settle(self) -> None:
+        """Waits for a train loop's background XLA compile (`loops.CompileAhead`), if one runs."""
+        for fn in self._train_fns.values():
+            if isinstance(fn, loops.CompileAhead):
+                fn.wait()
+
+    @property
+    def first_loop_without_xla(self) -> bool:
+        """Whether a train loop ran its first call without XLA while XLA compiled."""
+        return any(isinstance(fn, loops.CompileAhead) and fn.ran_plain for fn in self._train_fns.values())
+
     def retrace(self) -> None:
         """Drops the compiled loops: the next call traces again (after a change of the replica code)."""
+        self.settle()
         self._train_fns.clear()
         self._eval_fn = None
 

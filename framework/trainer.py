@@ -442,7 +442,7 @@ def _build_steps(cfg: ExperimentConfig, strategy: tf.distribute.Strategy, data: 
     optimizer, variables, table = optim.optimizer, optim.variables, optim.table
     wd_default, lr_multipliers, schedule = optim.default_weight_decay, optim.lr_multipliers, optim.schedule
     lr_factor, global_step = optim.lr_factor, optim.global_step
-    plan = jit_lib.plan(strategy, tr.jit_compile, model, train_padding)
+    plan = jit_lib.plan(strategy, tr.jit_compile, model, train_padding, compile_ahead=tr.xla_compile_ahead)
     steps = Steps(strategy=strategy, model=model, loss_fn=loss_fn, optimizer=optimizer, variables=variables,
                   weight_decays=table.weight_decays(default=wd_default), lr_multipliers=lr_multipliers,
                   schedule=schedule, lr_factor=lr_factor, global_step=global_step,

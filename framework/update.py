@@ -15,6 +15,7 @@ the conditional did. `writes_through_assign` says which optimizers qualify.
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any, Callable, Sequence
 
 import keras
@@ -43,10 +44,53 @@ def put(var: Any, value: Any, gate: tf.Tensor | None) -> None:
     var.assign(value if gate is None else tf.where(gate, tf.cast(value, var.dtype), var))
 
 
+# The gate of the step being traced, per thread and optimizer: the first loop of a run may be
+# traced while the XLA loop is traced in a background thread (`loops.CompileAhead`).
+_GATES = threading.local()
+_PATCH_LOCK = threading.Lock()
+_PATCHED: dict[int, int] = {}  # id(optimizer) -> threads tracing under a gate
+
+
 @contextlib.contextmanager
 def gated_writes(optimizer: keras.optimizers.Optimizer, gate: tf.Tensor):
-    """While tracing: the optimizer's writes change each variable only where `gate` is True."""
+    """While tracing: the optimizer's writes change each variable only where `gate` is True.
+
+    The gate applies to this thread's writes only; another thread's writes through the same
+    optimizer meanwhile (another trace, or eager code) stay the class's own.
+    """
+    gates = _GATES.__dict__.setdefault("by_optimizer", {})
+    key = id(optimizer)
+    outer = gates.get(key)
+    gates[key] = gate
+    with _PATCH_LOCK:
+        if not _PATCHED.get(key):
+            _patch(optimizer)
+        _PATCHED[key] = _PATCHED.get(key, 0) + 1
+    try:
+        yield
+    finally:
+        if outer is None:
+            del gates[key]
+        else:
+            gates[key] = outer
+        with _PATCH_LOCK:
+            _PATCHED[key] -= 1
+            if not _PATCHED[key]:  # the class's methods again
+                del _PATCHED[key]
+                del optimizer.assign, optimizer.assign_add, optimizer.assign_sub
+
+
+def _patch(optimizer: keras.optimizers.Optimizer) -> None:
+    """Routes the optimizer's writes through this thread's gate, if it has one."""
+    cls = type(optimizer)
+
+    def gate_of() -> tf.Tensor | None:
+        return _GATES.__dict__.get("by_optimizer", {}).get(id(optimizer))
+
     def assign(variable: Any, value: Any) -> None:
+        gate = gate_of()
+        if gate is None:
+            return cls.assign(optimizer, variable, value)
         v = native(variable)
         if isinstance(value, tf.IndexedSlices):
             kept = tf.gather(v, value.indices)
@@ -56,6 +100,10 @@ def gated_writes(optimizer: keras.optimizers.Optimizer, gate: tf.Tensor):
             put(v, value, gate)
 
     def add(variable: Any, value: Any, sign: float = 1.0) -> None:
+        gate = gate_of()
+        if gate is None:
+            method = cls.assign_add if sign > 0 else cls.assign_sub
+            return method(optimizer, variable, value)
         v = native(variable)
         if isinstance(value, tf.IndexedSlices):
             vals = tf.cast(value.values, v.dtype) * sign
@@ -67,10 +115,6 @@ def gated_writes(optimizer: keras.optimizers.Optimizer, gate: tf.Tensor):
 
     optimizer.assign, optimizer.assign_add = assign, add
     optimizer.assign_sub = lambda variable, value: add(variable, value, -1.0)
-    try:
-        yield
-    finally:  # the class's methods again
-        del optimizer.assign, optimizer.assign_add, optimizer.assign_sub
 
 
 class Update:

@@ -47,8 +47,9 @@ def test_xla_group_used_only_on_one_device_without_convolutions():
 def test_k_steps_in_one_call_equal_k_single_calls_under_xla(n):
     x, y = C.toy_classification(n=64)
     C.set_arrays("fp", x, y)
-    a = trainer_lib.build(_cfg("fp"), tf.distribute.get_strategy())
-    b = trainer_lib.build(_cfg("fp"), tf.distribute.get_strategy())
+    # The XLA loop from the first call (compile-ahead's plain first loop: tests/test_loops.py).
+    a = trainer_lib.build(_cfg("fp", xla_compile_ahead=False), tf.distribute.get_strategy())
+    b = trainer_lib.build(_cfg("fp", xla_compile_ahead=False), tf.distribute.get_strategy())
     assert a.steps.xla_group_steps == 8
     a.steps.train_loop(iter(a.train_dataset(start_step=0)), n, _active(a))
     it = iter(b.train_dataset(start_step=0))
