@@ -110,7 +110,7 @@ class TrainerConfig:
     max_to_keep: int = 3
     seed: int = 42
     jit_compile: Union[bool, str] = "auto"  # true | false | auto
-    # Under a grouped whole-step XLA loop, a fresh run's first loop runs without XLA while XLA
+    # Under a whole-step XLA loop, a fresh run's first loop runs without XLA while XLA
     # compiles in the background (loops.CompileAhead): the first step does not wait for it.
     xla_compile_ahead: bool = True
     deterministic: bool = False  # op determinism (bit-exact resume); slower

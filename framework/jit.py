@@ -59,8 +59,9 @@ class JitPlan:
       whole_step: XLA over the whole step (forward, backward, statistics, update).
       forward_backward: XLA only around the per-replica forward and backward pass.
       group_steps: optimizer steps per XLA call (1 unless `whole_step`).
-      compile_ahead: a fresh run's first loop runs without XLA while the grouped XLA loop
-        compiles (`loops.CompileAhead`; only with `group_steps` > 1).
+      compile_ahead: a fresh run's first loop runs without XLA while the whole-step XLA loop
+        compiles (`loops.CompileAhead`; one step per call: only without convolutions and
+        with fixed batch shapes).
       reason: why, for the log.
     """
 
@@ -149,7 +150,7 @@ def plan(strategy: tf.distribute.Strategy, setting: bool | str, model: keras.Mod
       model: the built model.
       padding: the training data's `pipeline.Padding` (None: fixed-shape batches). Length buckets,
         or per-batch padding of an infinite source, give batches that cannot be stacked.
-      compile_ahead: `trainer.xla_compile_ahead` (applies to a grouped XLA loop only).
+      compile_ahead: `trainer.xla_compile_ahead` (applies under whole-step XLA).
 
     Raises:
       ValueError: as `jit_allowed`.
@@ -162,7 +163,12 @@ def plan(strategy: tf.distribute.Strategy, setting: bool | str, model: keras.Mod
         group, reason = 1, f"{reason}; one step per XLA call: attention under a padding mask"
     if group > 1 and padding is not None and (padding.boundaries or padding.max_length is None):
         group = 1  # batches of different lengths cannot be stacked into one XLA call
-    ahead = compile_ahead and group > 1
+    # One step per XLA call compiles ahead without convolutions only: its conditional (loops.
+    # _single_xla_step) was measured at the bare step's speed on the text Transformer, not
+    # around a conv layer, which XLA runs slowly in a loop on CPU. Batches of varying shapes
+    # compile per shape: nothing to compile ahead.
+    varying = padding is not None and (padding.boundaries or padding.max_length is None)
+    ahead = compile_ahead and whole and (group > 1 or not (conv or varying))
     if ahead:
         reason = f"{reason}; a fresh run's first loop runs without XLA while XLA compiles (trainer.xla_compile_ahead)"
     return JitPlan(whole_step=whole, forward_backward=jit and not whole, group_steps=group, reason=reason,

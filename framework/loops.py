@@ -66,7 +66,11 @@ def build_train_loop(*, strategy: tf.distribute.Strategy, replica_step: Callable
     if not plan.whole_step or plan.group_steps == 1:
         # Under XLA with one step per call there is no XLA loop (an XLA loop around a conv
         # layer ran ~50x slower on CPU: docs/design.md#t5): each step is one XLA call.
-        run_step = tf.function(one_step, jit_compile=True, autograph=False) if plan.whole_step else one_step
+        run_step, compile_xla = one_step, None
+        if plan.whole_step and plan.compile_ahead:
+            run_step, compile_xla = _single_xla_step(one_step)
+        elif plan.whole_step:
+            run_step = tf.function(one_step, jit_compile=True, autograph=False)
 
         @tf.function(autograph=False)  # an explicit while loop (see _while)
         def loop(iterator, num_steps):
@@ -78,10 +82,16 @@ def build_train_loop(*, strategy: tf.distribute.Strategy, replica_step: Callable
 
             return end(_while(policy, num_steps, body))
 
-        return _without_grappler(loop) if plan.whole_step else loop
-    xla_loop, compile_xla = _grouped_loop(one_step, begin, end, policy, plan.group_steps, micro_batches)
-    if not plan.compile_ahead:
-        return _without_grappler(xla_loop)
+        if not plan.whole_step:
+            return loop
+        if compile_xla is None:
+            return _without_grappler(loop)
+        xla_loop, stack = loop, None
+    else:
+        xla_loop, compile_xla = _grouped_loop(one_step, begin, end, policy, plan.group_steps, micro_batches)
+        stack = plan.group_steps
+        if not plan.compile_ahead:
+            return _without_grappler(xla_loop)
 
     @tf.function(autograph=False)  # the first loop of a run, while XLA compiles (CompileAhead)
     def plain_loop(iterator, num_steps):
@@ -94,18 +104,19 @@ def build_train_loop(*, strategy: tf.distribute.Strategy, replica_step: Callable
         return end(_while(policy, num_steps, body))
 
     return CompileAhead(xla_loop=_without_grappler(xla_loop), plain_loop=plain_loop,
-                        compile_xla=compile_xla, global_step=global_step, group=plan.group_steps,
+                        compile_xla=compile_xla, global_step=global_step, stack=stack,
                         micro_batches=micro_batches)
 
 
 class CompileAhead:
-    """The grouped XLA loop, whose first call in a fresh run does not wait for the XLA compile.
+    """The whole-step XLA loop, whose first call in a fresh run does not wait for the XLA compile.
 
     Compiling the MLP's XLA step took about 1.1 s of its 1.8 s to the first step with an empty
     persistent cache, where Keras `fit` (no XLA) starts in 0.7 s (benchmarks/README.md,
-    startup). When the first call comes at global step 0, it runs its steps as one plain graph
-    (the same step without XLA; gated writes as under XLA) while a background thread traces the
-    XLA step and compiles it by calling it for zero steps, which changes nothing. Every later call
+    startup); the text Transformer's about 2.3 s. When the first call comes at global step 0,
+    it runs its steps as one plain graph (the same step without XLA; gated writes as under XLA)
+    while a background thread traces the XLA call (a group of steps, or one step) and compiles
+    it by calling it for zero steps, which changes nothing. Every later call
     waits for that compile and runs under XLA. So which steps ran without XLA does not depend on
     timing: always the first loop of a run from step 0, and a resumed run (its first call after
     step 0) runs under XLA from its first step, as the uninterrupted run did there.
@@ -114,12 +125,12 @@ class CompileAhead:
     """
 
     def __init__(self, *, xla_loop: Callable, plain_loop: Callable, compile_xla: Callable,
-                 global_step: tf.Variable, group: int, micro_batches: int) -> None:
+                 global_step: tf.Variable, stack: int | None, micro_batches: int) -> None:
         self._xla_loop = xla_loop
         self._plain_loop = plain_loop
         self._compile_xla = compile_xla
         self._global_step = global_step
-        self._group = group
+        self._stack = stack
         self._micro_batches = micro_batches
         self._called = False
         self._thread: threading.Thread | None = None
@@ -156,14 +167,42 @@ class CompileAhead:
             self._error = e
 
     def _zero_group(self, iterator: Any) -> Any:
-        """Zeros shaped as one stacked group of batches, or None when a shape is not fixed."""
+        """Zeros shaped as the XLA call's batches (one step's, or a stacked group's), or None
+        when a shape is not fixed."""
         specs = tf.nest.flatten(iterator.element_spec)
         if not all(isinstance(s, tf.TensorSpec) and s.shape.is_fully_defined() for s in specs):
             return None
-        one = [tf.nest.pack_sequence_as(iterator.element_spec,
-                                        [tf.zeros([self._group, *s.shape], s.dtype) for s in specs])
-               for _ in range(self._micro_batches)]
-        return one
+        lead = [] if self._stack is None else [self._stack]
+        return [tf.nest.pack_sequence_as(iterator.element_spec, [tf.zeros([*lead, *s.shape], s.dtype) for s in specs])
+                for _ in range(self._micro_batches)]
+
+
+def _single_xla_step(one_step: Callable) -> tuple[Callable, Callable]:
+    """One step per XLA call, with a call that runs no step (for `CompileAhead`).
+
+    The step sits in an XLA conditional on a runtime count (1 in the loop, 0 to compile), so
+    both calls run one executable. Measured on the text Transformer (AMD, 2026-12-06, 5
+    interleaved repetitions of 50 and 100 steps): 13.98 steps/s against 14.04 for the bare
+    XLA step (per-repetition ratio median 1.03).
+
+    Returns `run_step(batches) -> None` and the compile call `(batches, count) -> None`.
+    """
+    @tf.function(jit_compile=True, autograph=False)
+    def xla_step(batches, count):
+        def run():
+            one_step(batches)
+            return tf.constant(0)
+
+        return tf.cond(count > 0, run, lambda: tf.constant(0))
+
+    def run_step(batches):
+        xla_step(batches, tf.constant(1))
+
+    @tf.function(autograph=False)
+    def compile_xla(batches, count):
+        xla_step(batches, count)  # from a graph, as in the loop (see _grouped_loop's compile_xla)
+
+    return run_step, compile_xla
 
 
 def _grouped_loop(one_step: Callable, begin: Callable, end: Callable, policy: NonFinitePolicy, group: int,

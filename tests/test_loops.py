@@ -69,14 +69,36 @@ def test_a_grouped_loop_takes_the_batches_of_its_steps_in_order_and_no_more(num_
 # ----------------------------------------------------------------------------- CompileAhead
 
 
-def _dense_trainer(**trainer):
-    trainer = {"jit_compile": "auto", **trainer}  # the default (the test config's is off)
+def _masked_attention(units: int = 3, inputs: int = 6):
+    import keras
+
+    tokens = keras.Input((inputs,), dtype="int32")
+    h = keras.layers.Embedding(10, 4, mask_zero=True)(tokens)
+    h = keras.layers.MultiHeadAttention(2, 2)(h, h)
+    return keras.Model(tokens, keras.layers.Dense(units)(keras.layers.GlobalAveragePooling1D()(h)))
+
+
+def _dense_trainer(kind="dense", **trainer):
+    """A dense model (a grouped XLA loop at the defaults) or attention under a padding mask
+    (one step per XLA call)."""
+    import numpy as np
+
+    from framework import registry
     from framework import trainer as trainer_lib
     from tests import _components as C
 
+    trainer = {"jit_compile": "auto", **trainer}  # the default (the test config's is off)
     x, y = C.toy_classification(n=64)
+    model = {"hidden": 16}
+    if kind == "attention":
+        if "test_masked_attention" not in registry.MODELS:
+            registry.register_model("test_masked_attention")(_masked_attention)
+        rng = np.random.default_rng(0)
+        lengths = rng.integers(1, 7, size=64)
+        x = np.where(np.arange(6) < lengths[:, None], rng.integers(1, 10, size=(64, 6)), 0).astype(np.int32)
+        model = {"name": "test_masked_attention", "inputs": 6}
     C.set_arrays("ahead", x, y)
-    cfg = C.make_config(task={"model": {"hidden": 16}, "train_data": {"key": "ahead"}, "eval_data": {"name": ""}},
+    cfg = C.make_config(task={"model": model, "train_data": {"key": "ahead"}, "eval_data": {"name": ""}},
                         trainer=trainer, optimizer={"name": "adam", "learning_rate": 0.01})
     return trainer_lib.build(cfg, tf.distribute.get_strategy())
 
@@ -89,17 +111,19 @@ def _active(t):
     return list(range(len(t.groups.variables)))
 
 
-def test_compile_ahead_runs_only_a_fresh_runs_first_loop_without_xla():
+@pytest.mark.parametrize("kind", ["dense", "attention"])
+def test_compile_ahead_runs_only_a_fresh_runs_first_loop_without_xla(kind):
     import numpy as np
 
-    a = _dense_trainer()  # jit_compile auto -> whole-step XLA, grouped, compile-ahead
-    assert a.steps.jit.compile_ahead and a.steps.xla_group_steps > 1
+    a = _dense_trainer(kind)  # jit_compile auto -> whole-step XLA, compile-ahead
+    assert a.steps.jit.compile_ahead and a.steps.jit.whole_step
+    assert (a.steps.xla_group_steps > 1) == (kind == "dense")  # attention: one step per XLA call
     it = iter(a.train_dataset(start_step=0))
     a.steps.train_loop(it, 5, _active(a))
     assert a.steps.first_loop_without_xla
     after_first = _state(a)
     # The first loop is the step without XLA: as a run with XLA off, value for value.
-    off = _dense_trainer(jit_compile=False)
+    off = _dense_trainer(kind, jit_compile=False)
     off.steps.train_loop(iter(off.train_dataset(start_step=0)), 5, _active(off))
     for va, vb in zip(after_first, _state(off)):
         np.testing.assert_array_equal(va, vb)
@@ -110,7 +134,7 @@ def test_compile_ahead_runs_only_a_fresh_runs_first_loop_without_xla():
 
     # A run resumed at step 5 (its first call after step 0) runs under XLA from its first step and
     # so continues exactly as the uninterrupted run did.
-    b = _dense_trainer()
+    b = _dense_trainer(kind)
     for v, value in zip(b.model.variables + b.optimizer.variables, after_first):
         v.assign(value)
     b.global_step.assign(5)
@@ -140,7 +164,7 @@ def _ahead(compile_xla, dataset, step=0):
         return num_steps
 
     ahead = loops.CompileAhead(xla_loop=xla, plain_loop=plain, compile_xla=compile_xla,
-                               global_step=tf.Variable(step, dtype=tf.int64), group=4, micro_batches=2)
+                               global_step=tf.Variable(step, dtype=tf.int64), stack=4, micro_batches=2)
     return ahead, iter(dataset), calls
 
 
