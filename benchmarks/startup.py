@@ -8,7 +8,7 @@ Each measurement runs in a fresh process (nothing imported, traced or cached bef
                includes tracing and compiling the step; peak RSS after it. tapeline: its trainer
                with defaults, one compiled inner-loop call of 1 step; fit: `compile` then
                `fit(steps_per_epoch=1)`. Only the synthetic NumPy arrays exist beforehand.
-               Where tapeline's loop is a grouped XLA loop, its first call runs without XLA
+               Where tapeline runs the whole step under XLA, its first call runs without XLA
                while XLA compiles in the background (`trainer.xla_compile_ahead`); "XLA step
                ready" is when that compile has finished (from the start of the build), and
                "next step" is the step after it, under XLA.
