@@ -161,13 +161,13 @@ def plan(strategy: tf.distribute.Strategy, setting: bool | str, model: keras.Mod
     group = GROUP_STEPS if whole and not conv else 1
     if group > 1 and masked_attention(model):
         group, reason = 1, f"{reason}; one step per XLA call: attention under a padding mask"
-    if group > 1 and padding is not None and (padding.boundaries or padding.max_length is None):
+    varying = padding is not None and (padding.boundaries or padding.max_length is None)
+    if group > 1 and varying:
         group = 1  # batches of different lengths cannot be stacked into one XLA call
     # One step per XLA call compiles ahead without convolutions only: its conditional (loops.
     # _single_xla_step) was measured at the bare step's speed on the text Transformer, not
     # around a conv layer, which XLA runs slowly in a loop on CPU. Batches of varying shapes
     # compile per shape: nothing to compile ahead.
-    varying = padding is not None and (padding.boundaries or padding.max_length is None)
     ahead = compile_ahead and whole and (group > 1 or not (conv or varying))
     if ahead:
         reason = f"{reason}; a fresh run's first loop runs without XLA while XLA compiles (trainer.xla_compile_ahead)"

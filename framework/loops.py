@@ -63,15 +63,8 @@ def build_train_loop(*, strategy: tf.distribute.Strategy, replica_step: Callable
         return {"steps_done": i, "step": global_step.read_value(), **meters.results(),
                 "learning_rates": update.last_lr.read_value(), **policy.status()}
 
-    if not plan.whole_step or plan.group_steps == 1:
-        # Under XLA with one step per call there is no XLA loop (an XLA loop around a conv
-        # layer ran ~50x slower on CPU: docs/design.md#t5): each step is one XLA call.
-        run_step, compile_xla = one_step, None
-        if plan.whole_step and plan.compile_ahead:
-            run_step, compile_xla = _single_xla_step(one_step)
-        elif plan.whole_step:
-            run_step = tf.function(one_step, jit_compile=True, autograph=False)
-
+    def step_loop(run_step):
+        """A loop that calls `run_step(batches)` once per step."""
         @tf.function(autograph=False)  # an explicit while loop (see _while)
         def loop(iterator, num_steps):
             begin()
@@ -82,30 +75,25 @@ def build_train_loop(*, strategy: tf.distribute.Strategy, replica_step: Callable
 
             return end(_while(policy, num_steps, body))
 
-        if not plan.whole_step:
-            return loop
-        if compile_xla is None:
-            return _without_grappler(loop)
-        xla_loop, stack = loop, None
+        return loop
+
+    if not plan.whole_step:
+        return step_loop(one_step)
+    if plan.group_steps == 1:
+        # Under XLA with one step per call there is no XLA loop (an XLA loop around a conv
+        # layer ran ~50x slower on CPU: docs/design.md#t5): each step is one XLA call.
+        if not plan.compile_ahead:
+            return _without_grappler(step_loop(tf.function(one_step, jit_compile=True, autograph=False)))
+        run_step, compile_xla = _single_xla_step(one_step)
+        xla_loop = step_loop(run_step)
     else:
         xla_loop, compile_xla = _grouped_loop(one_step, begin, end, policy, plan.group_steps, micro_batches)
-        stack = plan.group_steps
         if not plan.compile_ahead:
             return _without_grappler(xla_loop)
-
-    @tf.function(autograph=False)  # the first loop of a run, while XLA compiles (CompileAhead)
-    def plain_loop(iterator, num_steps):
-        begin()
-
-        def body(i):
-            one_step([next(iterator) for _ in range(micro_batches)])
-            return i + 1
-
-        return end(_while(policy, num_steps, body))
-
-    return CompileAhead(xla_loop=_without_grappler(xla_loop), plain_loop=plain_loop,
-                        compile_xla=compile_xla, global_step=global_step, stack=stack,
-                        micro_batches=micro_batches)
+    # The plain loop is the first loop of a run, while XLA compiles (CompileAhead).
+    return CompileAhead(xla_loop=_without_grappler(xla_loop), plain_loop=step_loop(one_step),
+                        compile_xla=compile_xla, global_step=global_step,
+                        stack=plan.group_steps if plan.group_steps > 1 else None, micro_batches=micro_batches)
 
 
 class CompileAhead:
@@ -140,7 +128,7 @@ class CompileAhead:
     def __call__(self, iterator: Any, num_steps: tf.Tensor) -> Any:
         if not self._called:
             self._called = True
-            zeros = self._zero_group(iterator)
+            zeros = self._zeros(iterator)
             if zeros is not None and int(self._global_step.numpy()) == 0:
                 self._plain_loop.get_concrete_function(iterator, num_steps)  # traced before the XLA step
                 self._thread = threading.Thread(target=self._compile, args=(zeros,), daemon=False,
@@ -166,7 +154,7 @@ class CompileAhead:
         except BaseException as e:  # noqa: BLE001 -- handed to the caller's thread by wait()
             self._error = e
 
-    def _zero_group(self, iterator: Any) -> Any:
+    def _zeros(self, iterator: Any) -> Any:
         """Zeros shaped as the XLA call's batches (one step's, or a stacked group's), or None
         when a shape is not fixed."""
         specs = tf.nest.flatten(iterator.element_spec)
@@ -198,11 +186,7 @@ def _single_xla_step(one_step: Callable) -> tuple[Callable, Callable]:
     def run_step(batches):
         xla_step(batches, tf.constant(1))
 
-    @tf.function(autograph=False)
-    def compile_xla(batches, count):
-        xla_step(batches, count)  # from a graph, as in the loop (see _grouped_loop's compile_xla)
-
-    return run_step, compile_xla
+    return run_step, _called_from_a_graph(xla_step)
 
 
 def _grouped_loop(one_step: Callable, begin: Callable, end: Callable, policy: NonFinitePolicy, group: int,
@@ -254,13 +238,17 @@ def _grouped_loop(one_step: Callable, begin: Callable, end: Callable, policy: No
 
         return end(_while(policy, num_steps, body))
 
-    @tf.function(autograph=False)
-    def compile_xla(stacked, count):
-        # Called from a graph, as in `loop`: an eager call of `xla_steps` compiled a second,
-        # different executable (two entries in the persistent cache).
-        xla_steps(stacked, count)
+    return loop, _called_from_a_graph(xla_steps)
 
-    return loop, compile_xla
+
+def _called_from_a_graph(xla_call: Callable) -> Callable:
+    """`xla_call(batches, count)` called from a graph, as the loops call it: an eager call
+    compiled a second, different executable (two entries in the persistent cache)."""
+    @tf.function(autograph=False)
+    def call(batches, count):
+        xla_call(batches, count)
+
+    return call
 
 
 def _without_grappler(loop: Callable) -> Callable:

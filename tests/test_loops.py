@@ -78,7 +78,7 @@ def _masked_attention(units: int = 3, inputs: int = 6):
     return keras.Model(tokens, keras.layers.Dense(units)(keras.layers.GlobalAveragePooling1D()(h)))
 
 
-def _dense_trainer(kind="dense", **trainer):
+def _xla_trainer(kind="dense", **trainer):
     """A dense model (a grouped XLA loop at the defaults) or attention under a padding mask
     (one step per XLA call)."""
     import numpy as np
@@ -115,7 +115,7 @@ def _active(t):
 def test_compile_ahead_runs_only_a_fresh_runs_first_loop_without_xla(kind):
     import numpy as np
 
-    a = _dense_trainer(kind)  # jit_compile auto -> whole-step XLA, compile-ahead
+    a = _xla_trainer(kind)  # jit_compile auto -> whole-step XLA, compile-ahead
     assert a.steps.jit.compile_ahead and a.steps.jit.whole_step
     assert (a.steps.xla_group_steps > 1) == (kind == "dense")  # attention: one step per XLA call
     it = iter(a.train_dataset(start_step=0))
@@ -123,7 +123,7 @@ def test_compile_ahead_runs_only_a_fresh_runs_first_loop_without_xla(kind):
     assert a.steps.first_loop_without_xla
     after_first = _state(a)
     # The first loop is the step without XLA: as a run with XLA off, value for value.
-    off = _dense_trainer(kind, jit_compile=False)
+    off = _xla_trainer(kind, jit_compile=False)
     off.steps.train_loop(iter(off.train_dataset(start_step=0)), 5, _active(off))
     for va, vb in zip(after_first, _state(off)):
         np.testing.assert_array_equal(va, vb)
@@ -134,7 +134,7 @@ def test_compile_ahead_runs_only_a_fresh_runs_first_loop_without_xla(kind):
 
     # A run resumed at step 5 (its first call after step 0) runs under XLA from its first step and
     # so continues exactly as the uninterrupted run did.
-    b = _dense_trainer(kind)
+    b = _xla_trainer(kind)
     for v, value in zip(b.model.variables + b.optimizer.variables, after_first):
         v.assign(value)
     b.global_step.assign(5)
@@ -146,7 +146,7 @@ def test_compile_ahead_runs_only_a_fresh_runs_first_loop_without_xla(kind):
 
 
 def test_compile_ahead_off_compiles_before_the_first_step():
-    t = _dense_trainer(xla_compile_ahead=False)
+    t = _xla_trainer(xla_compile_ahead=False)
     assert not t.steps.jit.compile_ahead
     t.steps.train_loop(iter(t.train_dataset(start_step=0)), 3, _active(t))
     assert not t.steps.first_loop_without_xla and t.steps.traces["train"] == 1
