@@ -195,8 +195,9 @@ def _grouped_loop(one_step: Callable, begin: Callable, end: Callable, policy: No
 
     One launch and one executable for any count: an XLA while loop over `count` stacked
     batches. Only the batches of the steps to run are fetched (the data position stays exact);
-    unused slots repeat the last batch and are never read. A step after a halt inside the group
-    changes no state (`NonFinitePolicy.live`); only the meters of this abandoned loop may move.
+    unused slots stay zeros (a TensorArray of the group's size: no gather to fill them, one copy
+    of the group fewer) and are never read. A step after a halt inside the group changes no
+    state (`NonFinitePolicy.live`); only the meters of this abandoned loop may move.
 
     Returns the loop and its XLA call `(stacked, count) -> None` (for `CompileAhead`).
     """
@@ -207,7 +208,7 @@ def _grouped_loop(one_step: Callable, begin: Callable, end: Callable, policy: No
         # A while loop over the fetches, not one conditional per slot: the group - 1
         # conditionals traced two branches each, about 0.08 s of the MLP's first trace under
         # cProfile (warm XLA cache); the loop traces its body once (benchmarks/README.md item 10).
-        arrays = [tf.TensorArray(t.dtype, size=count, element_shape=t.shape).write(0, t) for t in leaves]
+        arrays = [tf.TensorArray(t.dtype, size=group, element_shape=t.shape).write(0, t) for t in leaves]
 
         def fetch(k, *arrays):
             batch = tf.nest.flatten([next(iterator) for _ in range(micro_batches)])
@@ -216,8 +217,7 @@ def _grouped_loop(one_step: Callable, begin: Callable, end: Callable, policy: No
             return (k_next, *[a.write(k, t) for a, t in zip(arrays, batch)])
 
         _, *arrays = tf.while_loop(lambda k, *_: k < count, fetch, (tf.constant(1), *arrays))
-        slots = tf.minimum(tf.range(group), count - 1)  # unused slots: the last batch again
-        return tf.nest.pack_sequence_as(first, [tf.gather(a.stack(), slots) for a in arrays])
+        return tf.nest.pack_sequence_as(first, [a.stack() for a in arrays])
 
     @tf.function(jit_compile=True, autograph=False)
     def xla_steps(stacked, count):

@@ -57,6 +57,33 @@ def test_max_abs_equals_numpy(jit):
         assert _run(cheap_ops.max_abs, tf.constant(x), jit=jit) == np.max(np.abs(x)), x
 
 
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("shape", [(784, 512), (513,), (17, 3, 5), (15,), (3,), (), (0,)])
+def test_sum_of_squares_equals_numpy(jit, shape):
+    # 513 and 17*3*5 leave a remainder beyond the lanes; 15 and below take the plain sum.
+    x = RNG.normal(size=shape).astype(np.float32) * 3.0
+    got = _run(cheap_ops.sum_of_squares, tf.constant(x), jit=jit)
+    np.testing.assert_allclose(got, np.sum(x.astype(np.float64) ** 2), rtol=2e-6, atol=0)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_sum_of_squares_of_inf_or_nan_anywhere_is_inf_or_nan(jit):
+    for where in (0, 7, 400, 1025):  # in a lane, at a lane's end, in the middle, in the remainder
+        for bad, check in ((np.inf, np.isposinf), (-np.inf, np.isposinf), (np.nan, np.isnan)):
+            x = RNG.normal(size=1026).astype(np.float32)
+            x[where] = bad
+            got = _run(cheap_ops.sum_of_squares, tf.constant(x), jit=jit)
+            assert check(got), (where, bad, got)
+    huge = np.full(64, 1e20, np.float32)  # each square overflows float32, as the plain sum's
+    assert np.isposinf(_run(cheap_ops.sum_of_squares, tf.constant(huge), jit=jit))
+
+
+def test_sum_of_squares_of_a_shape_unknown_when_traced():
+    fn = tf.function(cheap_ops.sum_of_squares, input_signature=[tf.TensorSpec([None], tf.float32)])
+    x = RNG.normal(size=1001).astype(np.float32)
+    np.testing.assert_allclose(fn(tf.constant(x)).numpy(), np.sum(x.astype(np.float64) ** 2), rtol=2e-6)
+
+
 # Ops TensorFlow lowers to XLA through a per-op MLIR legalization (~10 ms each per compile).
 MLIR_LOWERED = {"Sqrt", "Abs", "IsFinite", "Rsqrt"}
 CLIPS = [ClipConfig(), ClipConfig(value=0.5), ClipConfig(per_variable_norm=1.0),

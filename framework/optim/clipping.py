@@ -43,7 +43,7 @@ def _var_norm(g: Grad) -> Norm | None:
     g = tf.cast(g, tf.float32)
     m = cheap_ops.max_abs(g)
     # m == 0: every entry is 0 and so is the norm (0/0 avoided); a NaN or inf entry makes r NaN.
-    r = cheap_ops.sqrt(tf.reduce_sum(tf.square(tf.math.divide_no_nan(g, m))))
+    r = cheap_ops.sqrt(cheap_ops.sum_of_squares(tf.math.divide_no_nan(g, m)))
     return m, r
 
 
@@ -187,7 +187,7 @@ def norm_stats(grads: Sequence[Grad], *, groups: Sequence[int]) -> dict[str, tf.
     group_ids = sorted(set(groups))
     present = [i for i, g in enumerate(grads) if g is not None]
     members = {gi: [i for i in present if groups[i] == gi] for gi in group_ids}
-    sums = {i: tf.reduce_sum(tf.square(tf.cast(grads[i], tf.float32))) for i in present}
+    sums = {i: cheap_ops.sum_of_squares(tf.cast(grads[i], tf.float32)) for i in present}
     zero = tf.constant(0.0)
     group_sums = [tf.add_n([sums[i] for i in members[gi]]) if members[gi] else zero for gi in group_ids]
     total = tf.add_n([sums[i] for i in present]) if present else zero
