@@ -1,4 +1,4 @@
-"""Square root, |x| maximum and finiteness spelled with ops that lower to XLA cheaply.
+"""Square root, |x| maximum, finiteness and sums of squares spelled with ops XLA handles cheaply.
 
 TensorFlow lowers a few ops to XLA through an MLIR legalization of that one op (each instance
 builds a graph, imports it to MLIR and legalizes it), among them `Sqrt`, `Abs`, `IsFinite`,
@@ -8,6 +8,7 @@ or `IsFinite` instance against under 1 ms for `Pow`, `Maximum`, comparisons and 
 The lowering runs before the cache lookup, so a warm cache pays it too. The framework's own
 code inside the compiled step (gradient statistics, clipping, the loss check) uses the
 spellings below, which give the same values; the model's and Keras's ops are left as they are.
+`sum_of_squares` is there for the XLA CPU run time, not the lowering (see `LANES`).
 """
 from __future__ import annotations
 
